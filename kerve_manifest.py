@@ -1,0 +1,119 @@
+"""The manifest format: the one contract between training and the service.
+
+Every repository version is a folder ``<root>/<name>/<version>/`` holding
+``model.keras`` and ``manifest.json``. Training writes the manifest, the service
+reads it; neither imports the other, both import this module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+
+MODEL_FILE = "model.keras"
+MANIFEST_FILE = "manifest.json"
+SCHEMA_VERSION = 1
+
+Task = Literal["classification", "segmentation", "captioning", "denoising", "generation"]
+
+# Pixel scalings by name: a model input is (pixel - mean) / std, pixels in 0..255.
+PIXEL_SCALINGS: dict[str, tuple[float, float]] = {
+    "raw": (0.0, 1.0),  # the model normalises inside itself (EfficientNet, MobileNetV3)
+    "unit": (0.0, 255.0),  # [0, 1]
+    "symmetric": (127.5, 127.5),  # [-1, 1] (MobileNetV2, Inception)
+}
+
+
+class InputSpec(pydantic.BaseModel):
+    """Shape and pixel scaling of one model input sample."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    height: int = pydantic.Field(gt=0)
+    width: int = pydantic.Field(gt=0)
+    channels: Literal[1, 3] = 3
+    # Per-channel (pixel - mean) / std; one value means all channels alike.
+    mean: list[float] = [0.0]
+    std: list[float] = [255.0]
+
+    @pydantic.field_validator("std")
+    @classmethod
+    def _std_positive(cls, std: list[float]) -> list[float]:
+        if not std or any(value <= 0 for value in std):
+            raise ValueError("std values must be positive")
+        return std
+
+    @classmethod
+    def scaled(cls, height: int, width: int, channels: int = 3, scaling: str = "unit") -> InputSpec:
+        """An InputSpec using one of the named PIXEL_SCALINGS."""
+        if scaling not in PIXEL_SCALINGS:
+            raise ValueError(f"unknown pixel scaling {scaling!r}; known: {sorted(PIXEL_SCALINGS)}")
+        mean, std = PIXEL_SCALINGS[scaling]
+        return cls(height=height, width=width, channels=channels, mean=[mean], std=[std])
+
+
+class BatchingSpec(pydantic.BaseModel):
+    """Dynamic-batching knobs; the service's settings may override each."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    max_batch_size: int = pydantic.Field(default=32, ge=1, le=1024)
+    max_delay_ms: float = pydantic.Field(default=5.0, ge=0)
+    max_queue: int = pydantic.Field(default=512, ge=1)  # in samples
+    timeout_ms: float = pydantic.Field(default=10_000.0, gt=0)
+
+
+class Manifest(pydantic.BaseModel):
+    """What the service needs to know to serve one model version."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", protected_namespaces=())
+
+    schema_version: int = SCHEMA_VERSION
+    task: Task
+    input: InputSpec
+    labels: list[str] = []
+    # Classification: whether the model ends in softmax or emits raw logits.
+    output: Literal["probabilities", "logits"] = "probabilities"
+    batching: BatchingSpec = BatchingSpec()
+    description: str = ""
+    metrics: dict[str, Any] = {}  # test metrics measured by the training run
+    provenance: dict[str, Any] = {}  # script, arguments, data, time, git commit
+
+    @pydantic.model_validator(mode="after")
+    def _labels_for_classifiers(self) -> Manifest:
+        if self.task == "classification" and len(self.labels) < 2:
+            raise ValueError("a classification manifest needs at least two labels")
+        return self
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    """Parse ``manifest.json`` in a version folder (ValueError if malformed)."""
+    text = (Path(version_dir) / MANIFEST_FILE).read_text(encoding="utf-8")
+    try:
+        return Manifest.model_validate_json(text)
+    except pydantic.ValidationError as error:
+        raise ValueError(f"invalid {MANIFEST_FILE}: {error}") from error
+
+
+def write_manifest(version_dir: Path, manifest: Manifest) -> None:
+    payload = manifest.model_dump(mode="json")
+    text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
+    (Path(version_dir) / MANIFEST_FILE).write_text(text, encoding="utf-8")
+
+
+def parse_version(name: str) -> int | None:
+    """The version number a folder name stands for, or None if it is not one."""
+    if not name.isdigit() or name.startswith("0"):
+        return None
+    return int(name)
+
+
+def list_versions(model_dir: Path) -> list[int]:
+    """Published versions of one model, ascending (staging folders are skipped)."""
+    if not Path(model_dir).is_dir():
+        return []
+    versions = (parse_version(child.name) for child in Path(model_dir).iterdir() if child.is_dir())
+    return sorted(v for v in versions if v is not None)

@@ -1,0 +1,60 @@
+"""`python -m service`: start the Kerve HTTP server under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+import uvicorn
+
+from service.logs import logging_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve the models of a Kerve repository over HTTP. Every option can "
+        "also be set as a SERVE_* environment variable (SERVE_MODELS_DIR, SERVE_PORT, ...).",
+    )
+    parser.add_argument("--models-dir", help="model repository folder (default: models)")
+    parser.add_argument("--host", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind (default: 8000)")
+    parser.add_argument("--workers", type=int, help="worker processes, each loads every model")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        dest="poll_interval_s",
+        help="seconds between repository scans; 0 turns hot reload off",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    # Workers build their app from the environment, so the options travel there.
+    for key, value in vars(args).items():
+        if value is not None:
+            os.environ[f"SERVE_{key.upper()}"] = str(value)
+    from service.settings import get_settings
+
+    settings = get_settings()
+    if settings.workers > 1:
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="kerve-metrics-"))
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=logging_config(settings.log_level),
+        access_log=False,  # the service writes its own access log, with request ids
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""create_app(settings) -> FastAPI; the lifespan opens and closes the model repository."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+
+import fastapi
+import swagger_ui_bundle
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+
+from service import logs
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.middleware import RequestContextMiddleware
+from service.repository import ModelRepository
+from service.routes import classify, health, models
+from service.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+SWAGGER_ASSETS = "/static/swagger-ui"
+
+
+def create_app(settings: Settings | None = None) -> fastapi.FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: fastapi.FastAPI):
+        pool = concurrent.futures.ThreadPoolExecutor(
+            settings.preprocess_threads, thread_name_prefix="preprocess"
+        )
+        repository = ModelRepository(settings, metrics, pool)
+        app.state.repository = repository
+        await repository.start()
+        try:
+            yield
+        finally:
+            await repository.stop()
+            pool.shutdown(wait=True)
+
+    app = fastapi.FastAPI(
+        title="Kerve",
+        summary="Keras model serving with dynamic batching.",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
+    )
+    for exception_type, handler in EXCEPTION_HANDLERS.items():
+        app.add_exception_handler(exception_type, handler)
+    for router in (classify.router, models.router, health.router):
+        app.include_router(router)
+    _add_offline_docs(app)
+    return app
+
+
+def _add_offline_docs(app: fastapi.FastAPI) -> None:
+    """Swagger UI served from the swagger-ui-bundle package: /docs works with no internet."""
+    app.mount(SWAGGER_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path))
+
+    @app.get("/docs", include_in_schema=False)
+    async def show_docs() -> fastapi.responses.HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="Kerve API",
+            swagger_js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{SWAGGER_ASSETS}/favicon-32x32.png",
+        )
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None):
+    body = {"error": {"code": code, "message": message}}
+    return fastapi.responses.JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _service_error(request: fastapi.Request, error: ServiceError):
+    if error.status_code >= 500:
+        logger.warning("%s: %s", error.code, error.message)
+    return _error(error.status_code, error.code, error.message, error.headers)
+
+
+async def _validation_error(request: fastapi.Request, error: RequestValidationError):
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg')}"
+        for item in error.errors()
+    )
+    return _error(422, "invalid_request", problems or "the request does not match the schema")
+
+
+async def _http_error(request: fastapi.Request, error: HTTPException):
+    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    return _error(error.status_code, code, str(error.detail), getattr(error, "headers", None))
+
+
+async def _unexpected_error(request: fastapi.Request, error: Exception):
+    request_id = logs.request_id.get()
+    logger.exception("unhandled error")
+    return _error(
+        500,
+        "internal",
+        f"internal error; quote request id {request_id} when reporting it",
+        {"X-Request-ID": request_id},
+    )
+
+
+EXCEPTION_HANDLERS = {
+    ServiceError: _service_error,
+    RequestValidationError: _validation_error,
+    HTTPException: _http_error,
+    Exception: _unexpected_error,
+}

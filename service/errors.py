@@ -1,0 +1,75 @@
+"""Errors a client can cause, each carrying its HTTP status and a stable code."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status_code = 500
+    code = "internal"
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(ServiceError):
+    status_code = 400
+    code = "bad_request"
+
+
+class InvalidImage(BadRequest):
+    code = "invalid_image"
+
+
+class WrongTask(BadRequest):
+    code = "wrong_task"
+
+
+class ModelNotFound(ServiceError):
+    status_code = 404
+    code = "model_not_found"
+
+
+class VersionNotFound(ServiceError):
+    status_code = 404
+    code = "version_not_found"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class Unavailable(ServiceError):
+    """503: the client should retry later, as Retry-After says."""
+
+    status_code = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class Overloaded(Unavailable):
+    code = "overloaded"
+
+
+class NotReady(Unavailable):
+    code = "not_ready"
+
+
+class InferenceFailed(ServiceError):
+    """500: the model raised; the message names the error type, never a traceback."""
+
+    code = "inference_failed"
+
+
+class DeadlineExceeded(ServiceError):
+    status_code = 504
+    code = "deadline_exceeded"

@@ -1,0 +1,115 @@
+"""Decode, validate, orient, convert and resize client images (Pillow).
+
+Everything a client can get wrong about an image is turned into a ServiceError
+here, so that no upload can crash a worker thread or reach the model malformed.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+
+from kerve_manifest import InputSpec
+from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF"})
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # stored sideways: width and height swap
+SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+BACKGROUND = (255, 255, 255)  # what transparent pixels become
+
+# Pillow's own bomb guard warns between 1x and 2x MAX_IMAGE_PIXELS; we check the
+# size ourselves against the configured limit, so the warning is noise.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+def decode_image(data: bytes, max_pixels: int, target_size: tuple[int, int] | None = None):
+    """Decode image bytes into an upright Pillow image.
+
+    ``target_size`` (width, height) lets a large JPEG decode at a reduced scale
+    (libjpeg DCT scaling), never below that size.
+    """
+    if not data:
+        raise InvalidImage("the image is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise PayloadTooLarge(f"image refused: {error}") from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise InvalidImage("the data is not a decodable image") from error
+    if image.format not in ACCEPTED_FORMATS:
+        raise UnsupportedMediaType(
+            f"{image.format} images are not accepted; send JPEG, PNG, WebP, BMP or GIF"
+        )
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+    orientation = _exif_orientation(image)
+    if target_size is not None and isinstance(image, JpegImagePlugin.JpegImageFile):
+        draft_width, draft_height = target_size
+        if orientation in TRANSPOSING_ORIENTATIONS:
+            draft_width, draft_height = draft_height, draft_width
+        image.draft(image.mode, (draft_width, draft_height))
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        raise InvalidImage("the image data is truncated or corrupt") from error
+    if orientation is not None and orientation != 1:
+        image = ImageOps.exif_transpose(image)
+    return image
+
+
+def to_mode(image: Image.Image, channels: int) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (channels=3) or L (channels=1)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        # Pillow's convert() clips 16-bit values to 255 instead of scaling them.
+        levels = np.asarray(image, dtype=np.float32) / 257.0
+        image = Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), "L")
+    if _has_alpha(image):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        image = Image.alpha_composite(background, rgba)
+    target_mode = "RGB" if channels == 3 else "L"
+    return image if image.mode == target_mode else image.convert(target_mode)
+
+
+def resize(image: Image.Image, width: int, height: int) -> Image.Image:
+    if image.size == (width, height):
+        return image
+    # reducing_gap first shrinks by whole factors (fast box filter), then resamples.
+    return image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
+def normalise(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """Pixels as float32 (height, width, channels), scaled as the manifest says."""
+    pixels = np.asarray(image, dtype=np.float32)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, np.newaxis]
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    return (pixels - mean) / std
+
+
+def load_sample(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
+    """Image bytes to one model input sample shaped by ``spec``."""
+    image = decode_image(data, max_pixels, target_size=(spec.width, spec.height))
+    image = resize(to_mode(image, spec.channels), spec.width, spec.height)
+    return normalise(image, spec)
+
+
+def _exif_orientation(image: Image.Image) -> int | None:
+    try:
+        return image.getexif().get(EXIF_ORIENTATION)
+    except Exception:  # noqa: BLE001 - malformed EXIF must not refuse a readable image
+        return None
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info

@@ -1,0 +1,94 @@
+"""The ASGI middleware around every request: request id, body limit, metrics, access log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+
+from service import logs
+from service.errors import PayloadTooLarge
+from service.metrics import Metrics
+
+access_log = logging.getLogger("service.access")
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+class RequestContextMiddleware:
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        logs.request_id.set(request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                extra = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
+                message["headers"] = [*message.get("headers", []), extra]
+            await send(message)
+
+        try:
+            declared = int(headers.get(b"content-length", b"0") or 0)
+        except ValueError:
+            declared = 0
+        try:
+            if declared > self.max_body_bytes:
+                await self._refuse_body(send_with_id, declared)
+            else:
+                await self.app(scope, self._limited(receive), send_with_id)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    def _limited(self, receive):
+        """Count body bytes as they arrive (chunked uploads declare no length)."""
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise PayloadTooLarge(f"the body exceeds {self.max_body_bytes} bytes")
+            return message
+
+        return limited_receive
+
+    async def _refuse_body(self, send, declared: int) -> None:
+        error = PayloadTooLarge(f"the body is {declared} bytes; the limit is {self.max_body_bytes}")
+        body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _record(self, scope, status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")  # the template, never the raw path
+        state = scope.get("state", {})
+        model, version = state.get("model", ""), str(state.get("version", ""))
+        labels = {"route": path, "status": str(status), "model": model, "version": version}
+        self.metrics.request_latency.labels(method=scope["method"], **labels).observe(elapsed)
+        self.metrics.requests.labels(**labels).inc()
+        access_log.info(
+            "%s %s %d",
+            scope["method"],
+            scope["path"],
+            status,
+            extra={
+                "duration_ms": round(elapsed * 1000, 2),
+                "status": status,
+                "model": model or None,
+            },
+        )

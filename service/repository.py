@@ -1,0 +1,270 @@
+"""ModelRepository: scan, load, warm up, version and hot-reload the models.
+
+The repository polls ``models/<name>/<version>/``. Per model it keeps the newest
+``versions_loaded`` versions that load; a new version is loaded and warmed up on
+a loader thread and only then made visible (an atomic swap on the event loop),
+and a version leaving the policy is drained before it is dropped. A version that
+fails to load is recorded with its error and retried only when its files change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import enum
+import logging
+import time
+from pathlib import Path
+
+import keras
+
+import kerve_manifest
+from service.batching import BatchConfig
+from service.errors import ModelNotFound, NotReady, VersionNotFound, WrongTask
+from service.metrics import Metrics
+from service.runtimes import RUNTIMES, Runtime
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class VersionState(enum.StrEnum):
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    FAILED = "FAILED"
+    UNLOADING = "UNLOADING"
+
+
+@dataclasses.dataclass(eq=False)
+class ModelVersion:
+    name: str
+    version: int
+    path: Path
+    signature: tuple  # sizes and mtimes of the version's files when it was loaded
+    state: VersionState = VersionState.LOADING
+    runtime: Runtime | None = None
+    error: str | None = None
+    loaded_at: float | None = None
+
+
+class ModelRepository:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, pool: concurrent.futures.Executor
+    ) -> None:
+        self.settings = settings
+        self.root = Path(settings.models_dir)
+        self._metrics = metrics
+        self._pool = pool
+        self._models: dict[str, dict[int, ModelVersion]] = {}
+        # One load at a time: loading and warm-up are CPU-heavy and must not
+        # starve the versions that are serving.
+        self._loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="loader")
+        self._refresh_lock = asyncio.Lock()
+        self._poller: asyncio.Task | None = None
+        self.initial_load_done = False
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def start(self) -> None:
+        """Begin the initial load and the polling loop, in the background."""
+        self._poller = asyncio.get_running_loop().create_task(self._poll(), name="repository")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        for versions in self._models.values():
+            for entry in list(versions.values()):
+                if entry.runtime is not None:
+                    await entry.runtime.stop()
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+    async def _poll(self) -> None:
+        await self.refresh()
+        self.initial_load_done = True
+        logger.info("initial model load finished", extra={"models": self.summary()})
+        while self.settings.poll_interval_s > 0:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - a bad scan must not end hot reload
+                logger.exception("repository refresh failed")
+
+    # -- scanning and loading ------------------------------------------------------
+    async def refresh(self) -> None:
+        """Bring the loaded versions in line with what is on disk, once."""
+        async with self._refresh_lock:
+            on_disk = self._scan()
+            for name in sorted(on_disk.keys() | self._models.keys()):
+                await self._sync_model(name, on_disk.get(name, {}))
+
+    def _scan(self) -> dict[str, dict[int, Path]]:
+        if not self.root.is_dir():
+            return {}
+        found = {}
+        for model_dir in sorted(self.root.iterdir()):
+            if model_dir.is_dir() and not model_dir.name.startswith("."):
+                versions = kerve_manifest.list_versions(model_dir)
+                found[model_dir.name] = {v: model_dir / str(v) for v in versions}
+        return found
+
+    async def _sync_model(self, name: str, on_disk: dict[int, Path]) -> None:
+        versions = self._models.setdefault(name, {})
+        keep = self.settings.versions_loaded or len(on_disk)
+        serving: list[int] = []
+        for version in sorted(on_disk, reverse=True):
+            if len(serving) >= keep:
+                break
+            entry = versions.get(version)
+            signature = _signature(on_disk[version])
+            if entry is None or (
+                entry.state is VersionState.FAILED and entry.signature != signature
+            ):
+                entry = await self._load(name, version, on_disk[version], signature)
+            if entry.state is VersionState.AVAILABLE:
+                serving.append(version)
+        for version, entry in list(versions.items()):
+            if entry.state is VersionState.AVAILABLE and version not in serving:
+                await self._unload(entry)
+            elif entry.state is VersionState.FAILED and version not in on_disk:
+                del versions[version]
+        if not versions and not on_disk:
+            del self._models[name]
+
+    async def _load(self, name: str, version: int, path: Path, signature: tuple) -> ModelVersion:
+        entry = ModelVersion(name, version, path, signature)
+        self._models[name][version] = entry
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            entry.runtime = await loop.run_in_executor(
+                self._loader, self._build_runtime, name, version, path
+            )
+        except Exception as error:  # noqa: BLE001 - any failure is this version's alone
+            entry.state = VersionState.FAILED
+            entry.error = f"{type(error).__name__}: {error}"[:500]
+            self._metrics.load_failures.labels(model=name, version=str(version)).inc()
+            logger.error("model %s version %d failed to load: %s", name, version, entry.error)
+            return entry
+        entry.runtime.start(self._pool, self.settings.retry_after_s)
+        entry.state = VersionState.AVAILABLE
+        entry.loaded_at = time.time()
+        elapsed = time.perf_counter() - started
+        self._metrics.load_time.labels(model=name, version=str(version)).observe(elapsed)
+        logger.info("model %s version %d is serving (loaded in %.1f s)", name, version, elapsed)
+        return entry
+
+    def _build_runtime(self, name: str, version: int, path: Path) -> Runtime:
+        """Read, load and warm up one version (on the loader thread)."""
+        manifest = kerve_manifest.read_manifest(path)
+        runtime_class = RUNTIMES.get(manifest.task)
+        if runtime_class is None:
+            raise ValueError(f"no runtime serves the task {manifest.task!r} yet")
+        model = keras.saving.load_model(
+            path / kerve_manifest.MODEL_FILE, compile=False, safe_mode=True
+        )
+        runtime = runtime_class(
+            name,
+            version,
+            model,
+            manifest,
+            batching=self._batch_config(name, manifest),
+            metrics=self._metrics.for_model(name, version),
+            max_image_pixels=self.settings.max_image_pixels,
+        )
+        runtime.warm_up()
+        return runtime
+
+    def _batch_config(self, name: str, manifest: kerve_manifest.Manifest) -> BatchConfig:
+        knobs = manifest.batching.model_dump()
+        for override in (self.settings.batching, self.settings.model_batching.get(name)):
+            if override is not None:
+                knobs.update(override.model_dump(exclude_none=True))
+        return BatchConfig(**knobs)
+
+    async def _unload(self, entry: ModelVersion) -> None:
+        entry.state = VersionState.UNLOADING  # no longer handed to new requests
+        logger.info("unloading model %s version %d", entry.name, entry.version)
+        if entry.runtime is not None:
+            await entry.runtime.stop()
+        del self._models[entry.name][entry.version]
+
+    # -- lookup ------------------------------------------------------------------------
+    def get(self, name: str, version: int | None = None) -> Runtime:
+        """The runtime serving ``name`` (newest available version, or the one asked for)."""
+        versions = self._models.get(name)
+        if not versions:
+            if not self.initial_load_done:
+                raise NotReady("models are still loading", self.settings.retry_after_s)
+            raise ModelNotFound(f"there is no model named {name!r}")
+        if version is None:
+            available = [e for e in versions.values() if e.state is VersionState.AVAILABLE]
+            if not available:
+                raise NotReady(
+                    f"model {name!r} has no version available", self.settings.retry_after_s
+                )
+            return max(available, key=lambda e: e.version).runtime
+        entry = versions.get(version)
+        if entry is None:
+            raise VersionNotFound(f"model {name!r} has no version {version} loaded")
+        if entry.state is VersionState.LOADING:
+            raise NotReady(
+                f"model {name!r} version {version} is loading", self.settings.retry_after_s
+            )
+        if entry.state is not VersionState.AVAILABLE:
+            detail = f": {entry.error}" if entry.error else ""
+            raise VersionNotFound(f"model {name!r} version {version} is {entry.state}{detail}")
+        return entry.runtime
+
+    def get_for_task(self, task: str, name: str | None, version: int | None) -> Runtime:
+        """The runtime for a task route: the named model, or the task's default model."""
+        name = name or self.settings.default_models.get(task) or self._first_model_for(task)
+        runtime = self.get(name, version)
+        if runtime.task != task:
+            raise WrongTask(f"model {name!r} serves {runtime.task}, not {task}")
+        return runtime
+
+    def _first_model_for(self, task: str) -> str:
+        for name in sorted(self._models):
+            if any(
+                e.runtime is not None and e.runtime.task == task
+                for e in self._models[name].values()
+            ):
+                return name
+        if not self.initial_load_done:
+            raise NotReady("models are still loading", self.settings.retry_after_s)
+        raise ModelNotFound(f"no {task} model is loaded")
+
+    # -- reporting -------------------------------------------------------------------
+    def versions(self, name: str) -> list[ModelVersion]:
+        if name not in self._models:
+            raise ModelNotFound(f"there is no model named {name!r}")
+        return sorted(self._models[name].values(), key=lambda e: e.version, reverse=True)
+
+    def model_names(self) -> list[str]:
+        return sorted(self._models)
+
+    def is_ready(self) -> bool:
+        """Ready once the first load is done and every model serves some version."""
+        return self.initial_load_done and all(
+            any(e.state is VersionState.AVAILABLE for e in versions.values())
+            for versions in self._models.values()
+        )
+
+    def summary(self) -> dict[str, dict[str, str]]:
+        return {
+            name: {str(v): e.state.value for v, e in sorted(versions.items())}
+            for name, versions in self._models.items()
+        }
+
+
+def _signature(version_dir: Path) -> tuple:
+    """What changes when a version's files are rewritten (None for a missing file)."""
+    stats = []
+    for filename in (kerve_manifest.MODEL_FILE, kerve_manifest.MANIFEST_FILE):
+        try:
+            stat = (version_dir / filename).stat()
+            stats.append((stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            stats.append(None)
+    return tuple(stats)

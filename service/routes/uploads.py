@@ -1,0 +1,115 @@
+"""Reading images out of an HTTP request: raw body, multipart form, or JSON base64."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import fastapi
+import pydantic
+from fastapi.exceptions import RequestValidationError
+
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+RAW_IMAGE_TYPES = frozenset(
+    {"image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "application/octet-stream"}
+)
+FORM_FIELD = "file"
+
+
+class Base64Image(pydantic.BaseModel):
+    b64: str
+
+
+class ImagesJson(pydantic.BaseModel):
+    """JSON input: one ``image`` or a list of ``images``, each ``{"b64": "..."}``."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    image: Base64Image | None = None
+    images: list[Base64Image] | None = None
+
+
+# What /docs shows for the request body of an image endpoint.
+IMAGE_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        FORM_FIELD: {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                        }
+                    },
+                    "required": [FORM_FIELD],
+                }
+            },
+            "application/json": {"schema": ImagesJson.model_json_schema()},
+        },
+    }
+}
+
+
+async def read_images(request: fastapi.Request, max_images: int) -> list[bytes]:
+    """The image files a request carries, as bytes, in order (at least one)."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        images = await _read_form(request, max_images)
+    elif media_type == "application/json":
+        images = _read_json(await request.body())
+    elif media_type in RAW_IMAGE_TYPES or media_type == "":
+        images = [await request.body()]
+    else:
+        hint = (
+            " (curl: add -H 'Content-Type: image/jpeg')" if "form-urlencoded" in media_type else ""
+        )
+        raise UnsupportedMediaType(
+            f"unsupported content type {media_type!r}{hint}; send an image body "
+            "(image/jpeg, image/png, image/webp, image/bmp, image/gif), "
+            "multipart/form-data with 'file' fields, or JSON with base64 images"
+        )
+    if len(images) > max_images:
+        raise PayloadTooLarge(f"{len(images)} images sent; at most {max_images} per request")
+    if not images or not any(images):
+        raise BadRequest("the request carries no image")
+    return images
+
+
+async def _read_form(request: fastapi.Request, max_images: int) -> list[bytes]:
+    try:
+        form = await request.form(max_files=max_images + 1, max_fields=100)
+    except PayloadTooLarge:
+        raise
+    except Exception as error:  # noqa: BLE001 - the multipart parser raises several kinds
+        raise BadRequest(f"malformed multipart body: {error}") from error
+    try:
+        uploads = form.getlist(FORM_FIELD)
+        if not uploads:
+            raise BadRequest(f"multipart body has no '{FORM_FIELD}' field")
+        if any(isinstance(upload, str) for upload in uploads):
+            raise BadRequest(f"'{FORM_FIELD}' fields must be files, not text")
+        return [await upload.read() for upload in uploads]
+    finally:
+        await form.close()
+
+
+def _read_json(body: bytes) -> list[bytes]:
+    try:
+        document = ImagesJson.model_validate_json(body)
+    except pydantic.ValidationError as error:
+        # Malformed JSON is a 400; well-formed JSON of the wrong shape is a 422.
+        if any(item["type"] == "json_invalid" for item in error.errors()):
+            raise BadRequest("the body is not valid JSON") from error
+        raise RequestValidationError(error.errors(include_url=False)) from error
+    entries = ([document.image] if document.image else []) + (document.images or [])
+    if not entries:
+        raise BadRequest('JSON body needs "image": {"b64": ...} or "images": [...]')
+    try:
+        return [base64.b64decode(entry.b64, validate=True) for entry in entries]
+    except (binascii.Error, ValueError) as error:
+        raise BadRequest(f"invalid base64 image data: {error}") from error

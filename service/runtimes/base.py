@@ -1,0 +1,127 @@
+"""Runtime: one loaded model version and the three steps that serve it.
+
+A subclass turns a request into samples (``preprocess``, in the shared thread
+pool), runs a batch of samples from many requests (``predict_batch``, on this
+version's single inference thread, through the Batcher) and turns one request's
+outputs into its response (``postprocess``, in the thread pool again).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import concurrent.futures
+import functools
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import keras
+import numpy as np
+
+from kerve_manifest import Manifest
+from service.batching import BatchConfig, Batcher
+from service.metrics import ModelMetrics
+
+
+class Runtime(abc.ABC):
+    task: ClassVar[str]
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        model: keras.Model,
+        manifest: Manifest,
+        batching: BatchConfig,
+        metrics: ModelMetrics,
+        max_image_pixels: int,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.model = model
+        self.manifest = manifest
+        self.batching = batching
+        self.metrics = metrics
+        self.max_image_pixels = max_image_pixels
+        self._inference_thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"infer-{name}-{version}"
+        )
+        self._batcher: Batcher | None = None
+        self._pool: concurrent.futures.Executor | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+
+    # -- what a task implements ------------------------------------------------
+    @abc.abstractmethod
+    def preprocess(self, request: Any) -> np.ndarray:
+        """Validate a request and turn it into samples shaped like ``sample_shape``."""
+
+    def predict_batch(self, samples: np.ndarray) -> np.ndarray:
+        """Run the model on a batch of samples; one output row per sample."""
+        return np.asarray(self.model.predict_on_batch(samples))
+
+    @abc.abstractmethod
+    def postprocess(self, outputs: np.ndarray, request: Any) -> Any:
+        """Turn one request's outputs into its response."""
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        spec = self.manifest.input
+        return (spec.height, spec.width, spec.channels)
+
+    # -- lifecycle, driven by the repository -----------------------------------
+    def warm_up(self) -> None:
+        """Run every padded batch size once, so that no request pays a trace or compile."""
+        for size in self.batching.batch_sizes:
+            self._inference_thread.submit(
+                self.predict_batch, np.zeros((size, *self.sample_shape), np.float32)
+            ).result()
+
+    def start(self, pool: concurrent.futures.Executor, retry_after_s: int) -> None:
+        """Begin serving (called on the event loop once loaded and warmed up)."""
+        self._pool = pool
+        self._idle.set()
+        self._batcher = Batcher(
+            self.predict_batch, self.batching, self._inference_thread, self.metrics, retry_after_s
+        )
+        self._batcher.start()
+        self.metrics.loaded.set(1)
+
+    async def stop(self) -> None:
+        """Let requests in flight finish, then release the model's thread."""
+        await self._idle.wait()
+        if self._batcher is not None:
+            await self._batcher.close()
+        self._inference_thread.shutdown(wait=True)
+        self.metrics.loaded.set(0)
+
+    # -- serving ---------------------------------------------------------------
+    async def infer(self, request: Any) -> Any:
+        """Serve one request: preprocess, batched predict, postprocess."""
+        if self._batcher is None:
+            raise RuntimeError("infer() before start()")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            samples = await self._in_pool(self.metrics.preprocess_time, self.preprocess, request)
+            outputs = await self._batcher.submit(samples)
+            return await self._in_pool(
+                self.metrics.postprocess_time, self.postprocess, outputs, request
+            )
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    @property
+    def queued_samples(self) -> int:
+        return self._batcher.queued_samples if self._batcher else 0
+
+    async def _in_pool(self, histogram, function: Callable, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(function, *args))
+        finally:
+            histogram.observe(time.perf_counter() - started)

@@ -1,0 +1,72 @@
+"""Classification: images in, top-k labels with scores out."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pydantic
+
+from service import imaging
+from service.errors import BadRequest
+from service.runtimes.base import Runtime
+
+DEFAULT_TOP_K = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyRequest:
+    images: list[bytes]
+    top_k: int | None = None  # None: DEFAULT_TOP_K, or every class if there are fewer
+
+
+class Prediction(pydantic.BaseModel):
+    label: str
+    index: int
+    score: float
+
+
+class ClassifyResponse(pydantic.BaseModel):
+    model: str
+    version: int
+    predictions: list[list[Prediction]] = pydantic.Field(
+        description="One list per input image, in input order, best first."
+    )
+
+
+class ClassificationRuntime(Runtime):
+    task = "classification"
+
+    def top_k(self, request: ClassifyRequest) -> int:
+        num_classes = len(self.manifest.labels)
+        if request.top_k is None:
+            return min(DEFAULT_TOP_K, num_classes)
+        if not 1 <= request.top_k <= num_classes:
+            raise BadRequest(f"top_k must be between 1 and {num_classes}, got {request.top_k}")
+        return request.top_k
+
+    def preprocess(self, request: ClassifyRequest) -> np.ndarray:
+        self.top_k(request)  # refuse a bad top_k before any decoding or inference
+        spec = self.manifest.input
+        return np.stack(
+            [imaging.load_sample(d, spec, self.max_image_pixels) for d in request.images]
+        )
+
+    def postprocess(self, outputs: np.ndarray, request: ClassifyRequest) -> ClassifyResponse:
+        scores = outputs.astype(np.float64)
+        if self.manifest.output == "logits":
+            scores = _softmax(scores)
+        labels = self.manifest.labels
+        top_k = self.top_k(request)
+        predictions = []
+        for row in scores:
+            best = np.argsort(-row, kind="stable")[:top_k]
+            predictions.append(
+                [Prediction(label=labels[i], index=int(i), score=float(row[i])) for i in best]
+            )
+        return ClassifyResponse(model=self.name, version=self.version, predictions=predictions)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)

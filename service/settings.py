@@ -1,0 +1,54 @@
+"""Service settings: one pydantic-settings class, read from ``SERVE_*`` variables."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pydantic
+import pydantic_settings
+
+
+class BatchingOverride(pydantic.BaseModel):
+    """Batching knobs that replace a manifest's defaults (unset ones are kept)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    max_batch_size: int | None = pydantic.Field(default=None, ge=1, le=1024)
+    max_delay_ms: float | None = pydantic.Field(default=None, ge=0)
+    max_queue: int | None = pydantic.Field(default=None, ge=1)
+    timeout_ms: float | None = pydantic.Field(default=None, gt=0)
+
+
+class Settings(pydantic_settings.BaseSettings):
+    model_config = pydantic_settings.SettingsConfigDict(env_prefix="SERVE_", extra="ignore")
+
+    models_dir: Path = Path("models")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    log_level: str = "info"
+
+    # Repository
+    poll_interval_s: float = pydantic.Field(default=5.0, ge=0)  # 0 disables hot reload
+    versions_loaded: int = pydantic.Field(default=2, ge=0)  # newest N per model; 0 = all
+    # Default model per task for /v1/<task>; unset means the first model of that task.
+    default_models: dict[str, str] = {}
+
+    # Batching: `batching` applies to every model, `model_batching` to one by name.
+    batching: BatchingOverride = BatchingOverride()
+    model_batching: dict[str, BatchingOverride] = {}
+    preprocess_threads: int = pydantic.Field(default_factory=lambda: min(4, os.cpu_count() or 1))
+
+    # Request limits
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_images_per_request: int = 64
+
+    retry_after_s: int = 1
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Offline training scripts; each publishes its run as a repository version."""
