@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import logging
 import time
+import zipfile
 from pathlib import Path
 
 import keras
@@ -160,9 +161,10 @@ class ModelRepository:
         runtime_class = RUNTIMES.get(manifest.task)
         if runtime_class is None:
             raise ValueError(f"no runtime serves the task {manifest.task!r} yet")
-        model = keras.saving.load_model(
-            path / kerve_manifest.MODEL_FILE, compile=False, safe_mode=True
-        )
+        model_path = path / kerve_manifest.MODEL_FILE
+        if not zipfile.is_zipfile(model_path):  # Keras would call this "File not found"
+            raise ValueError(f"{model_path} is missing or not a .keras archive (a zip file)")
+        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
         runtime = runtime_class(
             name,
             version,

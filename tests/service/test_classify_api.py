@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.conftest import encode, solid
+from tests.helpers import encode, solid
 from tests.service.test_imaging import png_bomb
 
 RED, GREEN, BLUE = (220, 20, 20), (20, 220, 20), (20, 20, 220)
@@ -179,9 +179,9 @@ def test_truncated_jpeg_and_one_pixel_image(client, photo):
 
 
 def test_too_many_images_is_413(repository):
-    from tests.conftest import start_client, test_settings, wait_ready
+    from tests.helpers import make_settings, start_client, wait_ready
 
-    with start_client(test_settings(repository, max_images_per_request=2)) as client:
+    with start_client(make_settings(repository, max_images_per_request=2)) as client:
         wait_ready(client)
         files = [("file", (f"{i}.png", encode(solid(RED), "PNG"), "image/png")) for i in range(3)]
         response = client.post("/v1/classify", files=files)
@@ -227,9 +227,9 @@ def _histogram(metrics_text: str, name: str, model: str) -> tuple[float, float]:
 
 def test_concurrent_requests_are_batched_and_measured(repository):
     from service.settings import BatchingOverride
-    from tests.conftest import start_client, test_settings, wait_ready
+    from tests.helpers import make_settings, start_client, wait_ready
 
-    settings = test_settings(repository, batching=BatchingOverride(max_delay_ms=100))
+    settings = make_settings(repository, batching=BatchingOverride(max_delay_ms=100))
     with start_client(settings) as client:
         wait_ready(client)
         body, headers = encode(solid(GREEN), "PNG"), {"Content-Type": "image/png"}

@@ -11,7 +11,7 @@ from PIL import Image
 from kerve_manifest import InputSpec
 from service import imaging
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from tests.conftest import encode, solid
+from tests.helpers import encode, solid
 
 LIMIT = 40_000_000
 

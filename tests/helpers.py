@@ -1,0 +1,94 @@
+"""Helpers for the suite: tiny real Keras models, repositories, running apps, images."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import kerve_manifest  # noqa: E402
+from service.app import create_app  # noqa: E402
+from service.settings import BatchingOverride, Settings  # noqa: E402
+from training import export  # noqa: E402
+
+COLOUR_LABELS = ["red", "green", "blue"]
+IMAGE_SIZE = 16
+
+
+def build_colour_classifier(sharpness: float = 10.0) -> keras.Model:
+    """A tiny real classifier whose answer is the image's dominant colour channel.
+
+    Mean-pooled RGB in [0, 1] times ``sharpness`` are the logits; softmax follows.
+    Different ``sharpness`` values make distinguishable model versions.
+    """
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    dense = keras.layers.Dense(3, activation="softmax", name="colour")
+    outputs = dense(pooled)
+    dense.set_weights([np.eye(3, dtype=np.float32) * sharpness, np.zeros(3, np.float32)])
+    return keras.Model(inputs, outputs)
+
+
+def colour_manifest(**batching) -> kerve_manifest.Manifest:
+    return kerve_manifest.Manifest(
+        task="classification",
+        input=kerve_manifest.InputSpec.scaled(IMAGE_SIZE, IMAGE_SIZE, 3, "unit"),
+        labels=COLOUR_LABELS,
+        batching=kerve_manifest.BatchingSpec(**batching),
+        description="test model: dominant colour",
+    )
+
+
+def publish_colour_classifier(
+    repository: Path, name: str = "colours", sharpness: float = 10.0, **batching
+) -> Path:
+    return export.publish(
+        build_colour_classifier(sharpness), colour_manifest(**batching), repository, name
+    )
+
+
+def make_settings(models_dir: Path, **overrides) -> Settings:
+    values = {
+        "models_dir": models_dir,
+        "poll_interval_s": 0.2,
+        "batching": BatchingOverride(max_delay_ms=2),
+        **overrides,
+    }
+    return Settings(**values)
+
+
+def wait_until(predicate, timeout_s: float = 60.0, interval_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError("condition not met in time")
+
+
+def start_client(settings: Settings) -> TestClient:
+    return TestClient(create_app(settings))
+
+
+def wait_ready(client: TestClient) -> None:
+    wait_until(lambda: client.get("/readyz").status_code == 200)
+
+
+def encode(array: np.ndarray, image_format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def solid(colour: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> np.ndarray:
+    width, height = size
+    return np.broadcast_to(np.array(colour, np.uint8), (height, width, 3)).copy()
