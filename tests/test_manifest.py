@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import json
+
+import pydantic
+import pytest
+
+import kerve_manifest
+from kerve_manifest import InputSpec, Manifest
+
+
+def classification(**fields) -> Manifest:
+    return Manifest(task="classification", input=InputSpec(height=8, width=8), **fields)
+
+
+def test_round_trip(tmp_path):
+    manifest = classification(labels=["a", "b"], metrics={"accuracy": 0.9})
+    kerve_manifest.write_manifest(tmp_path, manifest)
+    assert kerve_manifest.read_manifest(tmp_path) == manifest
+
+
+def test_classifier_needs_labels():
+    with pytest.raises(pydantic.ValidationError, match="two labels"):
+        classification(labels=["only"])
+
+
+def test_unknown_fields_and_bad_values_are_refused(tmp_path):
+    (tmp_path / kerve_manifest.MANIFEST_FILE).write_text(
+        json.dumps({"task": "classification", "input": {"height": 8, "width": 8}, "lables": []})
+    )
+    with pytest.raises(ValueError, match="invalid manifest.json"):
+        kerve_manifest.read_manifest(tmp_path)
+    with pytest.raises(pydantic.ValidationError):
+        InputSpec(height=8, width=8, std=[0.0])
+
+
+def test_named_pixel_scalings():
+    spec = InputSpec.scaled(4, 4, 3, "symmetric")
+    assert (spec.mean, spec.std) == ([127.5], [127.5])
+    with pytest.raises(ValueError, match="unknown pixel scaling"):
+        InputSpec.scaled(4, 4, 3, "imagenet-ish")
+
+
+def test_versions_are_positive_integer_folders(tmp_path):
+    for name in ("1", "2", "10", "0", "01", ".staging-3-x", "latest"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "7").write_text("a file, not a version")
+    assert kerve_manifest.list_versions(tmp_path) == [1, 2, 10]
+    assert kerve_manifest.list_versions(tmp_path / "missing") == []
