@@ -106,7 +106,7 @@ def write_manifest(version_dir: Path, manifest: Manifest) -> None:
 
 def parse_version(name: str) -> int | None:
     """The version number a folder name stands for, or None if it is not one."""
-    if not name.isdigit() or name.startswith("0"):
+    if not (name.isascii() and name.isdigit()) or name.startswith("0"):
         return None
     return int(name)
 

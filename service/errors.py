@@ -46,6 +46,13 @@ class UnsupportedMediaType(ServiceError):
     code = "unsupported_media_type"
 
 
+class ClientDisconnected(ServiceError):
+    """499 (nginx's convention): the client hung up; nobody reads this response."""
+
+    status_code = 499
+    code = "client_disconnected"
+
+
 class Unavailable(ServiceError):
     """503: the client should retry later, as Retry-After says."""
 

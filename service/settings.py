@@ -39,7 +39,12 @@ class Settings(pydantic_settings.BaseSettings):
     # Batching: `batching` applies to every model, `model_batching` to one by name.
     batching: BatchingOverride = BatchingOverride()
     model_batching: dict[str, BatchingOverride] = {}
-    preprocess_threads: int = pydantic.Field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    # Image decoding threads. Half the cores at most: decoding competes with the
+    # model's own thread pool, and on 2 cores a second decoder cost 17% throughput
+    # (bench/classify.py, docs/BENCHMARKS.md).
+    preprocess_threads: int = pydantic.Field(
+        default_factory=lambda: max(1, min(4, (os.cpu_count() or 1) // 2)), ge=1
+    )
 
     # Request limits
     max_body_bytes: int = 16 * 1024 * 1024

@@ -42,7 +42,7 @@ def test_named_pixel_scalings():
 
 
 def test_versions_are_positive_integer_folders(tmp_path):
-    for name in ("1", "2", "10", "0", "01", ".staging-3-x", "latest"):
+    for name in ("1", "2", "10", "0", "01", ".staging-3-x", "latest", "３"):
         (tmp_path / name).mkdir()
     (tmp_path / "7").write_text("a file, not a version")
     assert kerve_manifest.list_versions(tmp_path) == [1, 2, 10]

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import fastapi
 
-from service.routes.params import get_app_settings, resolve_runtime
+from service.routes.params import get_app_settings, resolve_runtime, unless_disconnected
 from service.routes.uploads import IMAGE_REQUEST_BODY, read_images
 from service.runtimes.classification import DEFAULT_TOP_K, ClassifyRequest, ClassifyResponse
 
@@ -29,7 +29,9 @@ async def _classify(
     settings = get_app_settings(request)
     images = await read_images(request, settings.max_images_per_request)
     runtime = resolve_runtime(request, "classification", name, version)
-    return await runtime.infer(ClassifyRequest(images=images, top_k=top_k))
+    return await unless_disconnected(
+        request, runtime.infer(ClassifyRequest(images=images, top_k=top_k))
+    )
 
 
 @router.post("/v1/classify", openapi_extra=IMAGE_REQUEST_BODY)

@@ -9,7 +9,7 @@ import fastapi
 import pydantic
 
 from service.errors import VersionNotFound
-from service.repository import ModelVersion
+from service.repository import ModelVersion, VersionState
 from service.routes.params import get_repository, parse_version
 
 router = fastapi.APIRouter(tags=["models"])
@@ -56,7 +56,7 @@ def _version_info(entry: ModelVersion, detailed: bool) -> VersionInfo:
 
 def _model_info(request: fastapi.Request, name: str, detailed: bool) -> ModelInfo:
     entries = get_repository(request).versions(name)
-    available = [e.version for e in entries if e.state.value == "AVAILABLE"]
+    available = [e.version for e in entries if e.state is VersionState.AVAILABLE]
     return ModelInfo(
         name=name,
         serving_version=max(available, default=None),

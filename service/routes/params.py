@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
 import fastapi
 
-from service.errors import BadRequest
+from service.errors import BadRequest, ClientDisconnected
 from service.repository import ModelRepository
 from service.runtimes import Runtime
 from service.settings import Settings
+
+T = TypeVar("T")
 
 
 def get_repository(request: fastapi.Request) -> ModelRepository:
@@ -22,7 +28,7 @@ def parse_version(text: str | None) -> int | None:
     """A version from a path or query string: a positive integer, or None."""
     if text is None or text == "":
         return None
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise BadRequest(f"version must be a positive integer, got {text[:40]!r}")
     return int(text)
 
@@ -35,3 +41,29 @@ def resolve_runtime(
     request.state.model = runtime.name
     request.state.version = runtime.version
     return runtime
+
+
+async def unless_disconnected(request: fastapi.Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client hangs up first.
+
+    Starlette does not cancel a handler when its client goes away; cancelling the
+    work here lets the Batcher drop the request before it reaches the model.
+    Call it once the body has been read: from then on ``receive()`` only reports
+    the disconnect.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            raise ClientDisconnected("the client closed the connection") from None
+        raise
+    finally:
+        watcher.cancel()

@@ -1,0 +1,1 @@
+"""Throughput and latency benchmarks, each measured as ratios within one run."""

@@ -1,0 +1,199 @@
+"""Classification benchmark: the raw model ceiling against Kerve with and without batching.
+
+    python -m bench.classify [--seconds 20] [--concurrency 32] [--alpha 1.0]
+
+In one run on one machine it measures (a) ``predict_on_batch`` at the maximum batch
+size in its own process, (b) the service with dynamic batching under N concurrent
+closed-loop clients sending real 224x224 JPEGs, (c) the same service with batching
+off (max_batch_size 1), and prints the ratios. The model is MobileNetV2 at 224x224
+with random weights: speed does not depend on what the weights are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import httpx  # noqa: E402
+import keras  # noqa: E402
+import skimage.data  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import kerve_manifest  # noqa: E402
+from bench.loadgen import run_load  # noqa: E402
+from bench.server import ROOT, running_service  # noqa: E402
+from training import export  # noqa: E402
+
+IMAGE_SIZE = 224
+MAX_BATCH_SIZE = 32
+PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera", "immunohistochemistry")
+
+
+def build_repository(root: Path, alpha: float) -> Path:
+    model = keras.applications.MobileNetV2(
+        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), alpha=alpha, weights=None, classes=1000
+    )
+    manifest = kerve_manifest.Manifest(
+        task="classification",
+        input=kerve_manifest.InputSpec.scaled(IMAGE_SIZE, IMAGE_SIZE, 3, "symmetric"),
+        labels=[f"class_{i}" for i in range(1000)],
+        batching=kerve_manifest.BatchingSpec(max_batch_size=MAX_BATCH_SIZE, max_delay_ms=5),
+        description=f"benchmark only: MobileNetV2 alpha {alpha}, random weights",
+    )
+    return export.publish(model, manifest, root, "mobilenet_v2")
+
+
+def photo_jpegs() -> list[bytes]:
+    """Real photos, centre-cropped and resized to 224x224, as JPEG files."""
+    bodies = []
+    for name in PHOTOS:
+        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((IMAGE_SIZE, IMAGE_SIZE))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        bodies.append(buffer.getvalue())
+    return bodies
+
+
+def raw_ceiling(model_path: Path, batch_size: int, seconds: float) -> dict:
+    command = [
+        sys.executable,
+        "-m",
+        "bench.raw_model",
+        str(model_path),
+        "--batch-size",
+        str(batch_size),
+        "--seconds",
+        str(seconds),
+    ]
+    output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def batch_size_totals(base_url: str) -> tuple[float, float]:
+    text = httpx.get(f"{base_url}/metrics").text
+
+    def total(suffix: str) -> float:
+        return sum(
+            float(v)
+            for v in re.findall(rf"^kerve_batch_size_{suffix}\{{.*\}} (\S+)$", text, re.MULTILINE)
+        )
+
+    return total("sum"), total("count")
+
+
+def service_run(models_dir: Path, workdir: Path, label: str, env: dict, args) -> dict:
+    bodies = photo_jpegs()
+    with running_service(models_dir, workdir / f"{label}.log", env) as (base_url, process):
+        url = f"{base_url}/v1/classify?top_k=5"
+        sum_before, count_before = batch_size_totals(base_url)
+        cpu_before = sum(process.cpu_times()[:2])
+        result = run_load(
+            url,
+            bodies,
+            {"Content-Type": "image/jpeg"},
+            args.concurrency,
+            args.seconds,
+            warmup_s=args.warmup,
+        )
+        cpu_seconds = sum(process.cpu_times()[:2]) - cpu_before
+        sum_after, count_after = batch_size_totals(base_url)
+        summary = result.summary()
+        summary["mean_batch_size"] = round(
+            (sum_after - sum_before) / max(count_after - count_before, 1), 2
+        )
+        summary["server_cpu_percent"] = round(100 * cpu_seconds / (args.seconds + args.warmup), 1)
+        summary["server_rss_mib"] = round(process.memory_info().rss / 2**20)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "classify.json")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="kerve-bench-"))
+    version_dir = build_repository(workdir / "models", args.alpha)
+    model_path = version_dir / kerve_manifest.MODEL_FILE
+    print(f"model: MobileNetV2 alpha {args.alpha} at {IMAGE_SIZE}x{IMAGE_SIZE}; logs in {workdir}")
+
+    results = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "model": f"MobileNetV2 alpha {args.alpha}, {IMAGE_SIZE}x{IMAGE_SIZE}",
+        "concurrency": args.concurrency,
+        "seconds": args.seconds,
+    }
+    results["raw_batch_max"] = raw_ceiling(model_path, MAX_BATCH_SIZE, args.seconds)
+    results["raw_batch_1"] = raw_ceiling(model_path, 1, args.seconds)
+    print("raw model:", results["raw_batch_max"], results["raw_batch_1"], sep="\n  ")
+    results["service_batched"] = service_run(workdir / "models", workdir, "batched", {}, args)
+    print("service, batching on: ", results["service_batched"])
+    unbatched_env = {"SERVE_BATCHING": json.dumps({"max_batch_size": 1})}
+    results["service_unbatched"] = service_run(
+        workdir / "models", workdir, "unbatched", unbatched_env, args
+    )
+    print("service, batching off:", results["service_unbatched"])
+
+    raw = results["raw_batch_max"]["samples_per_s"]
+    batched = results["service_batched"]["throughput_per_s"]
+    unbatched = results["service_unbatched"]["throughput_per_s"]
+    results["ratios"] = {
+        "service_vs_raw_batched": round(batched / raw, 3),
+        "batched_vs_unbatched_service": round(batched / unbatched, 3),
+    }
+    print(markdown(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return results
+
+
+def markdown(results: dict) -> str:
+    raw, raw1 = results["raw_batch_max"], results["raw_batch_1"]
+    rows = [
+        "| configuration | images/s | p50 ms | p99 ms | mean batch | server CPU % | client CPU % |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| raw `predict_on_batch`, batch {raw['batch_size']} | {raw['samples_per_s']:.1f} "
+        f"| {raw['ms_per_batch']:.1f} (per batch) | | {raw['batch_size']} | | |",
+        f"| raw `predict_on_batch`, batch 1 | {raw1['samples_per_s']:.1f} "
+        f"| {raw1['ms_per_batch']:.1f} | | 1 | | |",
+    ]
+    for key, name in (
+        ("service_batched", "Kerve, batching on"),
+        ("service_unbatched", "Kerve, batching off"),
+    ):
+        r = results[key]
+        rows.append(
+            f"| {name}, {r['concurrency']} clients | {r['throughput_per_s']:.1f} | {r['p50_ms']} "
+            f"| {r['p99_ms']} | {r['mean_batch_size']} | {r['server_cpu_percent']} "
+            f"| {r['client_cpu_percent']} |"
+        )
+    ratios = results["ratios"]
+    rows += [
+        "",
+        f"- Kerve with batching / raw batched ceiling: **{ratios['service_vs_raw_batched']}**",
+        f"- Kerve with batching / Kerve without: **{ratios['batched_vs_unbatched_service']}**",
+    ]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
