@@ -1,17 +1,19 @@
 """Classification benchmark: the raw model ceiling against Kerve with and without batching.
 
-    python -m bench.classify [--seconds 20] [--concurrency 32] [--alpha 1.0]
+    python -m bench.classify [--model mobilenet_v2|mobilenet_v3_small] [--seconds 20]
+                             [--concurrency 32] [--alpha 1.0]
 
 In one run on one machine it measures (a) ``predict_on_batch`` at the maximum batch
 size in its own process, (b) the service with dynamic batching under N concurrent
 closed-loop clients sending real 224x224 JPEGs, (c) the same service with batching
-off (max_batch_size 1), and prints the ratios. The model is MobileNetV2 at 224x224
+off (max_batch_size 1), and prints the ratios. The model is a MobileNet at 224x224
 with random weights: speed does not depend on what the weights are.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import io
 import json
@@ -40,18 +42,26 @@ MAX_BATCH_SIZE = 32
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera", "immunohistochemistry")
 
 
-def build_repository(root: Path, alpha: float) -> Path:
-    model = keras.applications.MobileNetV2(
+ARCHITECTURES = {
+    # name: (keras.applications constructor, pixel scaling it expects)
+    "mobilenet_v2": (keras.applications.MobileNetV2, "symmetric"),
+    "mobilenet_v3_small": (keras.applications.MobileNetV3Small, "raw"),
+}
+
+
+def build_repository(root: Path, architecture: str, alpha: float) -> Path:
+    constructor, scaling = ARCHITECTURES[architecture]
+    model = constructor(
         input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), alpha=alpha, weights=None, classes=1000
     )
     manifest = kerve_manifest.Manifest(
         task="classification",
-        input=kerve_manifest.InputSpec.scaled(IMAGE_SIZE, IMAGE_SIZE, 3, "symmetric"),
+        input=kerve_manifest.InputSpec.scaled(IMAGE_SIZE, IMAGE_SIZE, 3, scaling),
         labels=[f"class_{i}" for i in range(1000)],
         batching=kerve_manifest.BatchingSpec(max_batch_size=MAX_BATCH_SIZE, max_delay_ms=5),
-        description=f"benchmark only: MobileNetV2 alpha {alpha}, random weights",
+        description=f"benchmark only: {architecture} alpha {alpha}, random weights",
     )
-    return export.publish(model, manifest, root, "mobilenet_v2")
+    return export.publish(model, manifest, root, architecture)
 
 
 def photo_jpegs() -> list[bytes]:
@@ -125,19 +135,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "classify.json")
+    parser.add_argument("--model", choices=sorted(ARCHITECTURES), default="mobilenet_v2")
+    parser.add_argument("--alpha", type=float, default=1.0, help="MobileNet width multiplier")
+    parser.add_argument("--out", type=Path, help="JSON results (default bench/results/MODEL.json)")
     args = parser.parse_args(argv)
+    args.out = args.out or ROOT / "bench" / "results" / f"classify-{args.model}.json"
+    model_name = f"{args.model} alpha {args.alpha}, {IMAGE_SIZE}x{IMAGE_SIZE}"
 
     workdir = Path(tempfile.mkdtemp(prefix="kerve-bench-"))
-    version_dir = build_repository(workdir / "models", args.alpha)
+    version_dir = build_repository(workdir / "models", args.model, args.alpha)
     model_path = version_dir / kerve_manifest.MODEL_FILE
-    print(f"model: MobileNetV2 alpha {args.alpha} at {IMAGE_SIZE}x{IMAGE_SIZE}; logs in {workdir}")
+    print(f"model: {model_name}; server logs in {workdir}")
 
     results = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        "model": f"MobileNetV2 alpha {args.alpha}, {IMAGE_SIZE}x{IMAGE_SIZE}",
+        "machine": machine_description(),
+        "model": model_name,
         "concurrency": args.concurrency,
         "seconds": args.seconds,
     }
@@ -164,6 +177,17 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     return results
+
+
+def machine_description() -> str:
+    cpu = platform.machine()
+    with contextlib.suppress(OSError):
+        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = names[0] if names else cpu
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"Keras {keras.__version__} ({keras.backend.backend()})"
+    )
 
 
 def markdown(results: dict) -> str:

@@ -198,13 +198,8 @@ class Batcher:
         return batch
 
     async def _execute(self, batch: list[_Slice]) -> None:
-        inputs = [s.request.samples[s.start : s.stop] for s in batch]
-        samples = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
-        num_samples = len(samples)
-        padded = self.config.padded_size(num_samples)
-        if padded > num_samples:
-            padding = np.zeros((padded - num_samples, *samples.shape[1:]), samples.dtype)
-            samples = np.concatenate([samples, padding])
+        num_samples = sum(item.stop - item.start for item in batch)
+        samples = self._assemble(batch, num_samples)
         loop = asyncio.get_running_loop()
         try:
             outputs = await loop.run_in_executor(self._executor, self._call_model, samples)
@@ -222,6 +217,21 @@ class Batcher:
             count = item.stop - item.start
             self._deliver(item.request, outputs[offset : offset + count])
             offset += count
+
+    def _assemble(self, batch: list[_Slice], num_samples: int) -> np.ndarray:
+        """The batch as one array padded to an allowed size, copying each sample once."""
+        padded = self.config.padded_size(num_samples)
+        first = batch[0].request.samples
+        if len(batch) == 1 and num_samples == padded:
+            return first[batch[0].start : batch[0].stop]
+        samples = np.empty((padded, *first.shape[1:]), first.dtype)
+        offset = 0
+        for item in batch:
+            count = item.stop - item.start
+            samples[offset : offset + count] = item.request.samples[item.start : item.stop]
+            offset += count
+        samples[offset:] = 0
+        return samples
 
     def _call_model(self, samples: np.ndarray) -> np.ndarray:
         started = time.perf_counter()

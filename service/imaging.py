@@ -89,12 +89,12 @@ def resize(image: Image.Image, width: int, height: int) -> Image.Image:
 
 def normalise(image: Image.Image, spec: InputSpec) -> np.ndarray:
     """Pixels as float32 (height, width, channels), scaled as the manifest says."""
-    pixels = np.asarray(image, dtype=np.float32)
+    pixels = np.array(image, dtype=np.float32)  # a fresh array, scaled in place below
     if pixels.ndim == 2:
         pixels = pixels[:, :, np.newaxis]
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
-    return (pixels - mean) / std
+    pixels -= np.asarray(spec.mean, dtype=np.float32)
+    pixels /= np.asarray(spec.std, dtype=np.float32)
+    return pixels
 
 
 def load_sample(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:

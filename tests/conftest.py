@@ -12,6 +12,12 @@ from tests.helpers import make_settings, publish_colour_classifier, start_client
 
 
 @pytest.fixture
+def anyio_backend():
+    """Async tests (``pytest.mark.anyio``) run on asyncio, as the service does."""
+    return "asyncio"
+
+
+@pytest.fixture
 def repository(tmp_path) -> Path:
     """A model repository holding the colour classifier as version 1."""
     root = tmp_path / "models"

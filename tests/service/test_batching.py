@@ -14,11 +14,6 @@ from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, Payloa
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 class CountingModel:
     """Doubles its input and records every batch it was called with."""
 

@@ -11,11 +11,6 @@ from tests.helpers import encode, solid
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 class FakeRequest:
     """Stands in for a Starlette request whose client hangs up after ``after_s``."""
 
