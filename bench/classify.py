@@ -105,35 +105,38 @@ def batch_size_totals(base_url: str) -> tuple[float, float]:
     return total("sum"), total("count")
 
 
-def service_run(models_dir: Path, workdir: Path, label: str, env: dict, args) -> dict:
-    bodies = photo_jpegs()
-    with running_service(models_dir, workdir / f"{label}.log", env) as (base_url, process):
-        url = f"{base_url}/v1/classify?top_k=5"
-        sum_before, count_before = batch_size_totals(base_url)
-        cpu_before = sum(process.cpu_times()[:2])
-        result = run_load(
-            url,
-            bodies,
-            {"Content-Type": "image/jpeg"},
-            args.concurrency,
-            args.seconds,
-            warmup_s=args.warmup,
-        )
-        cpu_seconds = sum(process.cpu_times()[:2]) - cpu_before
-        sum_after, count_after = batch_size_totals(base_url)
-        summary = result.summary()
-        summary["mean_batch_size"] = round(
-            (sum_after - sum_before) / max(count_after - count_before, 1), 2
-        )
-        summary["server_cpu_percent"] = round(100 * cpu_seconds / (args.seconds + args.warmup), 1)
-        summary["server_rss_mib"] = round(process.memory_info().rss / 2**20)
+def measure_service(base_url: str, process, bodies: list[bytes], args) -> dict:
+    """One closed-loop load phase against a running server, with its own metrics."""
+    sum_before, count_before = batch_size_totals(base_url)
+    cpu_before = sum(process.cpu_times()[:2])
+    result = run_load(
+        f"{base_url}/v1/classify?top_k=5",
+        bodies,
+        {"Content-Type": "image/jpeg"},
+        args.concurrency,
+        args.seconds,
+        warmup_s=args.warmup,
+    )
+    cpu_seconds = sum(process.cpu_times()[:2]) - cpu_before
+    sum_after, count_after = batch_size_totals(base_url)
+    summary = result.summary()
+    batches = max(count_after - count_before, 1)
+    summary["mean_batch_size"] = round((sum_after - sum_before) / batches, 2)
+    summary["server_cpu_percent"] = round(100 * cpu_seconds / (args.seconds + args.warmup), 1)
+    summary["server_rss_mib"] = round(process.memory_info().rss / 2**20)
     return summary
+
+
+def median_run(runs: list[dict], key: str) -> dict:
+    """The run with the median value of ``key`` (the middle one of an odd count)."""
+    return sorted(runs, key=lambda run: run[key])[(len(runs) - 1) // 2]
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per measured phase")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians win")
+    parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--model", choices=sorted(ARCHITECTURES), default="mobilenet_v2")
     parser.add_argument("--alpha", type=float, default=1.0, help="MobileNet width multiplier")
@@ -143,40 +146,65 @@ def main(argv: list[str] | None = None) -> dict:
     model_name = f"{args.model} alpha {args.alpha}, {IMAGE_SIZE}x{IMAGE_SIZE}"
 
     workdir = Path(tempfile.mkdtemp(prefix="kerve-bench-"))
-    version_dir = build_repository(workdir / "models", args.model, args.alpha)
-    model_path = version_dir / kerve_manifest.MODEL_FILE
+    models_dir = workdir / "models"
+    model_path = build_repository(models_dir, args.model, args.alpha) / kerve_manifest.MODEL_FILE
     print(f"model: {model_name}; server logs in {workdir}")
+    bodies = photo_jpegs()
+    unbatched_env = {"SERVE_BATCHING": json.dumps({"max_batch_size": 1})}
+    rounds: dict[str, list[dict]] = {
+        "raw_batch_max": [],
+        "raw_batch_1": [],
+        "service_batched": [],
+        "service_unbatched": [],
+    }
+    # Both servers stay up and the phases alternate, so that the host's noise,
+    # which drifts over minutes on a shared machine, falls on every configuration.
+    with (
+        running_service(models_dir, workdir / "batched.log") as (batched_url, batched),
+        running_service(models_dir, workdir / "unbatched.log", unbatched_env) as (
+            unbatched_url,
+            unbatched,
+        ),
+    ):
+        for number in range(1, args.rounds + 1):
+            rounds["raw_batch_max"].append(raw_ceiling(model_path, MAX_BATCH_SIZE, args.seconds))
+            rounds["raw_batch_1"].append(raw_ceiling(model_path, 1, args.seconds))
+            rounds["service_batched"].append(measure_service(batched_url, batched, bodies, args))
+            rounds["service_unbatched"].append(
+                measure_service(unbatched_url, unbatched, bodies, args)
+            )
+            print(f"round {number}:", {k: _rate(v[-1]) for k, v in rounds.items()})
 
     results = {
         "date": datetime.date.today().isoformat(),
         "machine": machine_description(),
         "model": model_name,
         "concurrency": args.concurrency,
-        "seconds": args.seconds,
+        "seconds_per_phase": args.seconds,
+        "rounds": args.rounds,
+        "raw_batch_max": median_run(rounds["raw_batch_max"], "samples_per_s"),
+        "raw_batch_1": median_run(rounds["raw_batch_1"], "samples_per_s"),
+        "service_batched": median_run(rounds["service_batched"], "throughput_per_s"),
+        "service_unbatched": median_run(rounds["service_unbatched"], "throughput_per_s"),
+        "all_rounds": rounds,
     }
-    results["raw_batch_max"] = raw_ceiling(model_path, MAX_BATCH_SIZE, args.seconds)
-    results["raw_batch_1"] = raw_ceiling(model_path, 1, args.seconds)
-    print("raw model:", results["raw_batch_max"], results["raw_batch_1"], sep="\n  ")
-    results["service_batched"] = service_run(workdir / "models", workdir, "batched", {}, args)
-    print("service, batching on: ", results["service_batched"])
-    unbatched_env = {"SERVE_BATCHING": json.dumps({"max_batch_size": 1})}
-    results["service_unbatched"] = service_run(
-        workdir / "models", workdir, "unbatched", unbatched_env, args
-    )
-    print("service, batching off:", results["service_unbatched"])
-
     raw = results["raw_batch_max"]["samples_per_s"]
-    batched = results["service_batched"]["throughput_per_s"]
-    unbatched = results["service_unbatched"]["throughput_per_s"]
+    batched_rate = results["service_batched"]["throughput_per_s"]
+    unbatched_rate = results["service_unbatched"]["throughput_per_s"]
     results["ratios"] = {
-        "service_vs_raw_batched": round(batched / raw, 3),
-        "batched_vs_unbatched_service": round(batched / unbatched, 3),
+        "service_vs_raw_batched": round(batched_rate / raw, 3),
+        "batched_vs_unbatched_service": round(batched_rate / unbatched_rate, 3),
+        "raw_batch_max_vs_raw_batch_1": round(raw / results["raw_batch_1"]["samples_per_s"], 3),
     }
     print(markdown(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     return results
+
+
+def _rate(run: dict) -> float:
+    return round(run.get("samples_per_s") or run["throughput_per_s"], 1)
 
 
 def machine_description() -> str:
@@ -211,10 +239,26 @@ def markdown(results: dict) -> str:
             f"| {r['client_cpu_percent']} |"
         )
     ratios = results["ratios"]
+    per_round = []
+    for raw_run, batched, unbatched in zip(
+        *(
+            results["all_rounds"][key]
+            for key in ("raw_batch_max", "service_batched", "service_unbatched")
+        ),
+        strict=True,
+    ):
+        vs_raw = batched["throughput_per_s"] / raw_run["samples_per_s"]
+        vs_unbatched = batched["throughput_per_s"] / unbatched["throughput_per_s"]
+        per_round.append(f"{vs_raw:.2f} / {vs_unbatched:.2f}")
     rows += [
+        "",
+        f"Medians of {results['rounds']} interleaved rounds of {results['seconds_per_phase']:g} s; "
+        f"per round (vs raw / vs unbatched): {', '.join(per_round)}.",
         "",
         f"- Kerve with batching / raw batched ceiling: **{ratios['service_vs_raw_batched']}**",
         f"- Kerve with batching / Kerve without: **{ratios['batched_vs_unbatched_service']}**",
+        f"- raw batch {raw['batch_size']} / raw batch 1 (what batching can buy at most): "
+        f"**{ratios['raw_batch_max_vs_raw_batch_1']}**",
     ]
     return "\n".join(rows)
 
