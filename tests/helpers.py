@@ -23,7 +23,7 @@ COLOUR_LABELS = ["red", "green", "blue"]
 IMAGE_SIZE = 16
 
 
-def build_colour_classifier(sharpness: float = 10.0) -> keras.Model:
+def build_colour_classifier(sharpness: float = 10.0, activation: str = "softmax") -> keras.Model:
     """A tiny real classifier whose answer is the image's dominant colour channel.
 
     Mean-pooled RGB in [0, 1] times ``sharpness`` are the logits; softmax follows.
@@ -31,7 +31,7 @@ def build_colour_classifier(sharpness: float = 10.0) -> keras.Model:
     """
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
-    dense = keras.layers.Dense(3, activation="softmax", name="colour")
+    dense = keras.layers.Dense(3, activation=activation, name="colour")
     outputs = dense(pooled)
     dense.set_weights([np.eye(3, dtype=np.float32) * sharpness, np.zeros(3, np.float32)])
     return keras.Model(inputs, outputs)

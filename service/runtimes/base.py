@@ -114,10 +114,6 @@ class Runtime(abc.ABC):
             if self._in_flight == 0:
                 self._idle.set()
 
-    @property
-    def queued_samples(self) -> int:
-        return self._batcher.queued_samples if self._batcher else 0
-
     async def _in_pool(self, histogram, function: Callable, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()

@@ -253,3 +253,28 @@ def test_concurrent_requests_are_batched_and_measured(repository):
     )
     assert 'kerve_model_loaded{model="colours",version="1"} 1.0' in text
     assert 'kerve_queue_depth{model="colours",version="1"} 0.0' in text
+
+
+def test_logits_models_get_softmax_scores(tmp_path):
+    from tests.helpers import (
+        build_colour_classifier,
+        colour_manifest,
+        make_settings,
+        start_client,
+        wait_ready,
+    )
+    from training import export
+
+    manifest = colour_manifest().model_copy(update={"output": "logits"})
+    export.publish(build_colour_classifier(activation="linear"), manifest, tmp_path, "logits")
+    with start_client(make_settings(tmp_path)) as client:
+        wait_ready(client)
+        response = client.post(
+            "/v1/classify",
+            content=encode(solid(GREEN), "PNG"),
+            headers={"Content-Type": "image/png"},
+        )
+    scores = {p["label"]: p["score"] for p in response.json()["predictions"][0]}
+    assert sum(scores.values()) == pytest.approx(1.0, abs=1e-6)
+    # logits are 10 * mean colour in [0, 1]: softmax of (0.78, 8.63, 0.78)
+    assert scores["green"] == pytest.approx(1 / (1 + 2 * np.exp(-10 * 200 / 255)), abs=1e-4)
