@@ -35,14 +35,19 @@ LABELS = [
 
 
 def build_model(image_size: int = IMAGE_SIZE, num_classes: int = len(LABELS)) -> keras.Model:
-    """MobileNetV2 (alpha 0.35) with random weights: MobileNet-class compute, a small file."""
-    return keras.applications.MobileNetV2(
-        input_shape=(image_size, image_size, 3),
-        alpha=0.35,
-        weights=None,
-        classes=num_classes,
-        classifier_activation="softmax",
-    )
+    """A small CNN with random weights.
+
+    Shallow on purpose: in a deep random network (an untrained MobileNetV2 was
+    tried) activations vanish and every image gets the same scores, which hides
+    whether the serving path responds to its input at all.
+    """
+    inputs = keras.Input((image_size, image_size, 3))
+    x = inputs
+    for filters in (16, 32, 64):
+        x = keras.layers.Conv2D(filters, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="untrained_cnn")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         task="classification",
         input=kerve_manifest.InputSpec.scaled(IMAGE_SIZE, IMAGE_SIZE, 3, "symmetric"),
         labels=LABELS,
-        description="UNTRAINED MobileNetV2-0.35 with random weights: a placeholder for "
+        description="UNTRAINED small CNN with random weights: a placeholder for "
         "exercising the service. Its predictions are meaningless.",
         provenance={"trained": False, "weights": "random initialisation (seed 0)"},
     )
