@@ -71,12 +71,21 @@ class Runtime(abc.ABC):
         return (spec.height, spec.width, spec.channels)
 
     # -- lifecycle, driven by the repository -----------------------------------
+    def check_outputs(self, outputs: np.ndarray, batch_size: int) -> None:
+        """Refuse, at load, a model whose outputs postprocess could not read."""
+        if len(outputs) != batch_size:
+            raise ValueError(f"the model returned {len(outputs)} outputs for {batch_size} samples")
+
     def warm_up(self) -> None:
         """Run every padded batch size once, so that no request pays a trace or compile."""
-        for size in self.batching.batch_sizes:
-            self._inference_thread.submit(
-                self.predict_batch, np.zeros((size, *self.sample_shape), np.float32)
-            ).result()
+        try:
+            for size in self.batching.batch_sizes:
+                samples = np.zeros((size, *self.sample_shape), np.float32)
+                outputs = self._inference_thread.submit(self.predict_batch, samples).result()
+                self.check_outputs(outputs, size)
+        except BaseException:
+            self._inference_thread.shutdown(wait=False)
+            raise
 
     def start(self, pool: concurrent.futures.Executor, retry_after_s: int) -> None:
         """Begin serving (called on the event loop once loaded and warmed up)."""

@@ -45,6 +45,15 @@ class ClassificationRuntime(Runtime):
             raise BadRequest(f"top_k must be between 1 and {num_classes}, got {request.top_k}")
         return request.top_k
 
+    def check_outputs(self, outputs: np.ndarray, batch_size: int) -> None:
+        super().check_outputs(outputs, batch_size)
+        expected = (batch_size, len(self.manifest.labels))
+        if outputs.shape != expected:
+            raise ValueError(
+                f"the model's outputs have shape {outputs.shape}, but the manifest's "
+                f"{len(self.manifest.labels)} labels need {expected}"
+            )
+
     def preprocess(self, request: ClassifyRequest) -> np.ndarray:
         self.top_k(request)  # refuse a bad top_k before any decoding or inference
         spec = self.manifest.input

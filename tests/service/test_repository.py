@@ -146,6 +146,19 @@ def test_a_model_with_no_loadable_version_is_not_ready(tmp_path):
         assert unavailable.json()["error"]["code"] == "not_ready"
 
 
+def test_labels_that_do_not_match_the_outputs_fail_at_load(tmp_path):
+    from tests.helpers import build_colour_classifier, colour_manifest
+    from training import export
+
+    root = tmp_path / "models"
+    four_labels = colour_manifest().model_copy(update={"labels": ["r", "g", "b", "extra"]})
+    export.publish(build_colour_classifier(), four_labels, root, "mislabelled")
+    with start_client(make_settings(root)) as client:
+        wait_until(lambda: client.get("/readyz").json()["initial_load_done"])
+        error = model_info(client, "mislabelled")["versions"][0]["error"]
+        assert "4 labels need" in error
+
+
 def test_model_metadata(client):
     listing = client.get("/v1/models").json()["models"]
     assert [m["name"] for m in listing] == ["colours"]
