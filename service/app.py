@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import importlib.resources
 import logging
 
 import fastapi
-import swagger_ui_bundle
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
@@ -65,8 +65,13 @@ def create_app(settings: Settings | None = None) -> fastapi.FastAPI:
 
 
 def _add_offline_docs(app: fastapi.FastAPI) -> None:
-    """Swagger UI served from the swagger-ui-bundle package: /docs works with no internet."""
-    app.mount(SWAGGER_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path))
+    """Swagger UI served from the fastapi-offline package: /docs works with no internet.
+
+    Its Swagger UI is 5.x, which renders the OpenAPI 3.1 that FastAPI emits (the 4.x
+    of swagger-ui-bundle shows "Unable to render this definition" instead).
+    """
+    assets = importlib.resources.files("fastapi_offline") / "static"
+    app.mount(SWAGGER_ASSETS, StaticFiles(directory=str(assets)))
 
     @app.get("/docs", include_in_schema=False)
     async def show_docs() -> fastapi.responses.HTMLResponse:
@@ -75,7 +80,7 @@ def _add_offline_docs(app: fastapi.FastAPI) -> None:
             title="Kerve API",
             swagger_js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{SWAGGER_ASSETS}/favicon-32x32.png",
+            swagger_favicon_url=f"{SWAGGER_ASSETS}/favicon.png",
         )
 
 

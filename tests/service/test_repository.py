@@ -187,6 +187,7 @@ def test_docs_assets_are_served_locally(client):
     assert "https://" not in page  # nothing fetched from a CDN
     assert client.get("/static/swagger-ui/swagger-ui-bundle.js").status_code == 200
     assert client.get("/static/swagger-ui/swagger-ui.css").status_code == 200
+    assert client.get("/static/swagger-ui/favicon.png").status_code == 200
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
     assert {"image/jpeg", "multipart/form-data", "application/json"} <= body.keys()
