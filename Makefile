@@ -15,11 +15,11 @@ $(VENV)/bin/python:
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-serve: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS))]"
+	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS)),train]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS)),test,bench]"
+	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS)),train,test,bench]"
 	touch $@ $(VENV)/.installed-serve
 
 serve: $(VENV)/.installed-serve
