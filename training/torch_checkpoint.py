@@ -113,4 +113,4 @@ def _materialise(tensor: _TensorRef, storages: dict[str, np.ndarray]) -> np.ndar
         strides=tuple(step * itemsize for step in tensor.strides),
         writeable=False,
     )
-    return np.ascontiguousarray(view)  # a copy in C order, whatever the strides were
+    return np.array(view, order="C")  # a C-ordered copy, whatever the strides were
