@@ -6,9 +6,10 @@ EXTRAS ?= cpu            # `make serve EXTRAS=gpu` installs TensorFlow with CUDA
 MODELS_DIR ?= models
 HOST ?= 127.0.0.1
 PORT ?= 8000
+PROFILE ?= fast          # `make models PROFILE=full` trains to the figures in docs/MODELS.md
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: serve test lint bench clean
+.PHONY: serve models test lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +24,11 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	touch $@ $(VENV)/.installed-serve
 
 serve: $(VENV)/.installed-serve
-	$(PY) -m training.untrained_classifier --models-dir $(MODELS_DIR) --if-missing
+	$(PY) -m training.zoo --profile $(strip $(PROFILE)) --models-dir $(MODELS_DIR) --if-missing
 	$(PY) -m service --models-dir $(MODELS_DIR) --host $(HOST) --port $(PORT)
+
+models: $(VENV)/.installed-serve
+	$(PY) -m training.zoo --profile $(strip $(PROFILE)) --models-dir $(MODELS_DIR)
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest

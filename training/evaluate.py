@@ -1,0 +1,46 @@
+"""Task metrics computed with numpy: classification for now."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """counts[true, predicted]."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def classification_report(
+    labels: np.ndarray, predictions: np.ndarray, class_names: list[str]
+) -> dict:
+    """Accuracy, per-class precision/recall/F1 (support too), macro F1, confusion matrix."""
+    matrix = confusion_matrix(labels, predictions, len(class_names))
+    true_positives = np.diag(matrix).astype(np.float64)
+    predicted = matrix.sum(axis=0)
+    actual = matrix.sum(axis=1)
+    precision = np.divide(
+        true_positives, predicted, out=np.zeros_like(true_positives), where=predicted > 0
+    )
+    recall = np.divide(true_positives, actual, out=np.zeros_like(true_positives), where=actual > 0)
+    denominator = precision + recall
+    f1 = np.divide(
+        2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0
+    )
+    per_class = {
+        name: {
+            "precision": round(float(p), 4),
+            "recall": round(float(r), 4),
+            "f1": round(float(f), 4),
+            "support": int(s),
+        }
+        for name, p, r, f, s in zip(class_names, precision, recall, f1, actual, strict=True)
+    }
+    present = actual > 0
+    return {
+        "accuracy": round(float(true_positives.sum() / max(len(labels), 1)), 4),
+        "macro_f1": round(float(f1[present].mean()) if present.any() else 0.0, 4),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+    }

@@ -1,0 +1,70 @@
+"""tf.data input pipelines: resize, colour, scale, augment, batch and prefetch."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def augmentation(seed: int = 1337) -> keras.Sequential:
+    """Mild geometric augmentation, run in the input pipeline (never exported)."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed),
+            keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed),
+        ],
+        name="augmentation",
+    )
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    image_size: int,
+    mean: list[float],
+    std: list[float],
+    batch_size: int = 64,
+    training: bool = False,
+    seed: int = 1337,
+) -> tf.data.Dataset:
+    """Batches of (scaled float32 [b, size, size, 3], label) from uint8 images.
+
+    Grayscale images ([n, h, w] or [n, h, w, 1]) become RGB; the scaling is the
+    manifest's, so training sees exactly what the service will send.
+    """
+    if images.ndim == 3:
+        images = images[..., np.newaxis]
+    mean_t, std_t = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
+
+    def prepare(image, label):
+        image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size))
+        if image.shape[-1] == 1:
+            image = tf.image.grayscale_to_rgb(image)
+        return image, label
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    if training:
+        dataset = dataset.shuffle(
+            min(len(images), 20_000), seed=seed, reshuffle_each_iteration=True
+        )
+    dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    if training:
+        augment = augmentation(seed)
+        dataset = dataset.map(
+            lambda x, y: (augment(x, training=True), y), num_parallel_calls=AUTOTUNE
+        )
+    dataset = dataset.map(lambda x, y: ((x - mean_t) / std_t, y), num_parallel_calls=AUTOTUNE)
+    return dataset.prefetch(AUTOTUNE)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float] | None:
+    """Inverse-frequency weights, or None when the classes are balanced within 10%."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    if counts.min() > 0 and counts.max() / counts.min() < 1.1:
+        return None
+    weights = len(labels) / (num_classes * np.maximum(counts, 1))
+    return {index: float(weight) for index, weight in enumerate(weights)}

@@ -1,0 +1,53 @@
+"""PNG figures saved next to a model: learning curves and a confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def learning_curves(history: dict[str, list[float]], path: Path, phase_starts=()) -> None:
+    """Loss and every other metric against epoch, train and validation side by side."""
+    names = [key for key in history if not key.startswith("val_") and key != "learning_rate"]
+    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    epochs = np.arange(1, len(history[names[0]]) + 1)
+    for axis, name in zip(axes[0], names, strict=True):
+        axis.plot(epochs, history[name], "o-", label="train")
+        if f"val_{name}" in history:
+            axis.plot(epochs, history[f"val_{name}"], "o-", label="validation")
+        for start in phase_starts:
+            axis.axvline(start + 0.5, color="grey", linestyle=":", linewidth=1)
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axis.set_title(name)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
+    """Row-normalised confusion matrix (each true class sums to 1), counts annotated."""
+    counts = np.asarray(matrix)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = max(5, 0.6 * len(class_names))
+    figure, axis = plt.subplots(figsize=(size + 1.5, size))
+    image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    axis.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    axis.set_yticks(range(len(class_names)), class_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    for (row, column), count in np.ndenumerate(counts):
+        colour = "white" if rates[row, column] > 0.5 else "black"
+        axis.text(column, row, str(count), ha="center", va="center", fontsize=7, color=colour)
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
