@@ -30,7 +30,16 @@ ZOO = {
                 "--epochs",
                 "2",
             ],
-            "full": ["--head-epochs", "2", "--epochs", "12", "--patience", "3"],
+            "full": [
+                "--head-epochs",
+                "2",
+                "--epochs",
+                "10",
+                "--unfreeze",
+                "0.6",
+                "--patience",
+                "3",
+            ],
         },
     ),
 }
