@@ -15,6 +15,7 @@ from pathlib import Path
 
 import keras
 
+from kerve_manifest import PIXEL_SCALINGS
 from training import efficientnet_lite
 
 FEATURE_STRIDES = (2, 4, 8, 16, 32)
@@ -28,6 +29,11 @@ class Backbone:
     mean: list[float]  # the manifest's pixel scaling: (pixel - mean) / std
     std: list[float]
     make: Callable[[tuple[int, int, int], str | None], keras.Model]
+
+
+def _scaling(name: str) -> tuple[list[float], list[float]]:
+    mean, std = PIXEL_SCALINGS[name]
+    return [mean], [std]
 
 
 def _lite0(input_shape, weights):
@@ -66,14 +72,16 @@ BACKBONES = {
             [efficientnet_lite.PIXEL_STD],
             _lite0,
         ),
-        Backbone("mobilenet_v2", [127.5], [127.5], _application(keras.applications.MobileNetV2)),
+        Backbone(
+            "mobilenet_v2", *_scaling("symmetric"), _application(keras.applications.MobileNetV2)
+        ),
         # These two rescale inside the model: they take raw 0..255 pixels.
         Backbone(
-            "mobilenet_v3_small", [0.0], [1.0],
+            "mobilenet_v3_small", *_scaling("raw"),
             _application(keras.applications.MobileNetV3Small, include_preprocessing=True),
         ),
         Backbone(
-            "efficientnet_b0", [0.0], [1.0], _application(keras.applications.EfficientNetB0)
+            "efficientnet_b0", *_scaling("raw"), _application(keras.applications.EfficientNetB0)
         ),
         Backbone("resnet50", CAFFE_MEAN_RGB, [1.0], _resnet50),
     )

@@ -9,6 +9,7 @@ full: the recipes behind the quality figures in docs/MODELS.md (an hour or more)
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"[{number}/{len(ZOO)}] {name} ({args.profile} profile) ...", flush=True)
         started = time.perf_counter()
-        script = __import__(module, fromlist=["main"])
+        script = importlib.import_module(module)
         path = script.main([*profiles[args.profile], "--out", str(out)])
         print(f"[{number}/{len(ZOO)}] {name}: {path} in {time.perf_counter() - started:.0f} s")
 
