@@ -83,9 +83,9 @@ class Manifest(pydantic.BaseModel):
     provenance: dict[str, Any] = {}  # script, arguments, data, time, git commit
 
     @pydantic.model_validator(mode="after")
-    def _labels_for_classifiers(self) -> Manifest:
-        if self.task == "classification" and len(self.labels) < 2:
-            raise ValueError("a classification manifest needs at least two labels")
+    def _labels_for_classes(self) -> Manifest:
+        if self.task in ("classification", "segmentation") and len(self.labels) < 2:
+            raise ValueError(f"a {self.task} manifest needs at least two labels")
         return self
 
 

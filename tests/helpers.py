@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import time
 from pathlib import Path
 
@@ -53,6 +54,41 @@ def publish_colour_classifier(
     return export.publish(
         build_colour_classifier(sharpness), colour_manifest(**batching), repository, name
     )
+
+
+SEGMENT_LABELS = ["background", "red", "blue"]
+
+
+def build_colour_segmenter() -> keras.Model:
+    """A tiny real segmenter: a pixel is "red" or "blue" where that channel exceeds the
+    other two together, else background. A 1x1 convolution then softmax."""
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    conv = keras.layers.Conv2D(3, 1, activation="softmax", name="pixel_classes")
+    outputs = conv(inputs)
+    kernel = np.array([[0, 10, -10], [0, -10, -10], [0, -10, 10]], np.float32)  # [in, out]
+    conv.set_weights([kernel.reshape(1, 1, 3, 3), np.zeros(3, np.float32)])
+    return keras.Model(inputs, outputs)
+
+
+def publish_colour_segmenter(repository: Path, name: str = "regions", **batching) -> Path:
+    manifest = kerve_manifest.Manifest(
+        task="segmentation",
+        input=kerve_manifest.InputSpec.scaled(IMAGE_SIZE, IMAGE_SIZE, 3, "unit"),
+        labels=SEGMENT_LABELS,
+        batching=kerve_manifest.BatchingSpec(**batching),
+        description="test model: red and blue regions",
+    )
+    return export.publish(build_colour_segmenter(), manifest, repository, name)
+
+
+def histogram_sum_count(metrics_text: str, name: str, model: str) -> tuple[float, float]:
+    """(sum, count) of one model's version-1 histogram in a /metrics page."""
+
+    def value(suffix: str) -> float:
+        pattern = rf'^{name}_{suffix}{{model="{model}",version="1"}} (\S+)$'
+        return float(re.search(pattern, metrics_text, re.MULTILINE).group(1))
+
+    return value("sum"), value("count")
 
 
 def make_settings(models_dir: Path, **overrides) -> Settings:

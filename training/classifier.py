@@ -25,11 +25,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import kerve_manifest  # noqa: E402
-from training import backbones, evaluate, export, pipeline, plots  # noqa: E402
+from training import backbones, evaluate, export, finetune, pipeline, plots  # noqa: E402
 from training.data import fashion_mnist, folders, splits  # noqa: E402
 
-HEAD_LEARNING_RATE = 1e-3
-FINE_TUNE_LEARNING_RATE = 1e-4
 DROPOUT = 0.2
 
 
@@ -75,33 +73,7 @@ def build_model(backbone: keras.Model, num_classes: int, pretrained: bool) -> ke
     return keras.Model(inputs, outputs, name="classifier")
 
 
-def unfreeze_top(backbone: keras.Model, fraction: float) -> int:
-    """Make the top ``fraction`` of the backbone's layers trainable, BatchNorm excepted."""
-    backbone.trainable = True
-    first = int(len(backbone.layers) * (1 - fraction))
-    for index, layer in enumerate(backbone.layers):
-        frozen = index < first or isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = not frozen
-    return sum(int(np.prod(w.shape)) for w in backbone.trainable_weights)
-
-
 # -- training ------------------------------------------------------------------------------
-def callbacks(work_dir: Path, patience: int) -> list[keras.callbacks.Callback]:
-    return [
-        keras.callbacks.ModelCheckpoint(
-            work_dir / "best.weights.h5",
-            monitor="val_loss",
-            save_best_only=True,
-            save_weights_only=True,
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=patience, restore_best_weights=True
-        ),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1),
-        keras.callbacks.CSVLogger(work_dir / "history.csv", append=True),
-    ]
-
-
 def fit_phase(model, learning_rate, epochs, train, val, work_dir, args, weights, history):
     if epochs <= 0:
         return
@@ -115,11 +87,10 @@ def fit_phase(model, learning_rate, epochs, train, val, work_dir, args, weights,
         validation_data=val,
         epochs=epochs,
         class_weight=weights,
-        callbacks=callbacks(work_dir, args.patience),
+        callbacks=finetune.callbacks(work_dir, args.patience),
         verbose=args.verbose,
     )
-    for key, values in result.history.items():
-        history.setdefault(key, []).extend(float(v) for v in values)
+    finetune.record(history, result)
 
 
 # -- evaluation and export -----------------------------------------------------------------
@@ -161,22 +132,7 @@ def main(argv: list[str] | None = None) -> Path:
     def fit(learning_rate: float, epochs: int) -> None:
         fit_phase(model, learning_rate, epochs, train, val, work_dir, args, weights, history)
 
-    if pretrained:
-        print(f"phase 1: head only, backbone frozen, {args.head_epochs} epoch(s)")
-        backbone.trainable = False
-        fit(HEAD_LEARNING_RATE, args.head_epochs)
-        phase_starts = [len(history.get("loss", []))]
-        trainable = unfreeze_top(backbone, args.unfreeze)
-        print(
-            f"phase 2: top {args.unfreeze:.0%} of the backbone unfrozen ({trainable:,} "
-            f"weights), BatchNorm frozen, {args.epochs} epoch(s)"
-        )
-        fit(FINE_TUNE_LEARNING_RATE, args.epochs)
-    else:
-        total = args.head_epochs + args.epochs
-        print(f"from scratch: the whole network trains, {total} epoch(s)")
-        phase_starts = []
-        fit(HEAD_LEARNING_RATE, total)
+    phase_starts = finetune.two_phases(backbone, fit, args, history)
 
     test_labels = parts["test"][1]
     report = evaluate.classification_report(test_labels, predict_labels(model, test), class_names)
@@ -245,26 +201,11 @@ def print_summary(path: Path, report: dict, val_report: dict, elapsed: float) ->
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="fashion_mnist", help="fashion_mnist or a folder")
-    parser.add_argument(
-        "--backbone", default="efficientnet_lite0", choices=sorted(backbones.BACKBONES)
-    )
-    parser.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file")
+    finetune.add_arguments(parser, sorted(backbones.BACKBONES))
     parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--head-epochs", type=int, default=1, help="phase 1 epochs")
-    parser.add_argument("--epochs", type=int, default=3, help="phase 2 (fine-tuning) epochs")
-    parser.add_argument(
-        "--unfreeze",
-        type=float,
-        default=0.3,
-        help="fraction of the backbone's top layers trained in phase 2",
-    )
     parser.add_argument("--train-size", type=int, help="a stratified subset of the training split")
     parser.add_argument("--val-size", type=int, help="a stratified validation subset")
     parser.add_argument("--test-size", type=int, help="a stratified test subset")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--patience", type=int, default=3, help="early-stopping patience")
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--verbose", type=int, default=1, help="Keras progress: 0, 1 or 2")
     parser.add_argument(
         "--out",
         type=Path,

@@ -1,4 +1,4 @@
-"""Task metrics computed with numpy: classification for now."""
+"""Task metrics computed with numpy: classification and segmentation."""
 
 from __future__ import annotations
 
@@ -43,4 +43,25 @@ def classification_report(
         "macro_f1": round(float(f1[present].mean()) if present.any() else 0.0, 4),
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
+    }
+
+
+def segmentation_report(matrix: np.ndarray, class_names: list[str]) -> dict:
+    """Pixel accuracy, per-class IoU and mean IoU from a pixel confusion matrix.
+
+    The mean is over the classes present in the truth or the predictions.
+    """
+    true_positives = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(axis=0) + matrix.sum(axis=1) - true_positives
+    iou = np.divide(true_positives, union, out=np.zeros_like(true_positives), where=union > 0)
+    present = union > 0
+    return {
+        "pixel_accuracy": round(float(true_positives.sum() / max(matrix.sum(), 1)), 4),
+        "mean_iou": round(float(iou[present].mean()) if present.any() else 0.0, 4),
+        "per_class_iou": {
+            name: round(float(value), 4)
+            for name, value, seen in zip(class_names, iou, present, strict=True)
+            if seen
+        },
+        "pixels": int(matrix.sum()),
     }

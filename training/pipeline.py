@@ -68,3 +68,37 @@ def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float] | No
         return None
     weights = len(labels) / (num_classes * np.maximum(counts, 1))
     return {index: float(weight) for index, weight in enumerate(weights)}
+
+
+def make_segmentation_dataset(
+    images: np.ndarray,
+    masks: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    batch_size: int = 32,
+    training: bool = False,
+    seed: int = 1337,
+) -> tf.data.Dataset:
+    """Batches of (scaled float32 [b, h, w, 3], class mask uint8 [b, h, w]).
+
+    Training batches are shuffled and flipped left-right, image and mask together.
+    """
+    mean_t, std_t = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
+
+    def prepare(image, mask):
+        return (tf.cast(image, tf.float32) - mean_t) / std_t, mask
+
+    def flip(image, mask):
+        flipped = tf.random.uniform(()) < 0.5
+        return (
+            tf.where(flipped, tf.reverse(image, axis=[1]), image),
+            tf.where(flipped, tf.reverse(mask, axis=[1]), mask),
+        )
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, masks))
+    if training:
+        tf.random.set_seed(seed)
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.map(flip, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    return dataset.prefetch(AUTOTUNE)

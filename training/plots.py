@@ -1,10 +1,11 @@
-"""PNG figures saved next to a model: learning curves and a confusion matrix."""
+"""PNG figures saved next to a model: learning curves, confusion matrix, sample outputs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import matplotlib.patches
 import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only, no display
@@ -49,5 +50,41 @@ def confusion(matrix: np.ndarray, class_names: list[str], path: Path) -> None:
         axis.text(column, row, str(count), ha="center", va="center", fontsize=7, color=colour)
     figure.colorbar(image, ax=axis, fraction=0.046)
     figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def segmentation_samples(
+    images: np.ndarray,
+    masks: np.ndarray,
+    predictions: np.ndarray,
+    class_names: list[str],
+    path: Path,
+) -> None:
+    """One row per scene: the image, the true mask over it, the predicted mask over it."""
+    colours = plt.get_cmap("tab20", 20)(np.arange(len(class_names)))[:, :3]
+    colours[0] = 0  # background stays clear in the overlay
+    rows = len(images)
+    figure, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows), squeeze=False)
+    for row, (image, mask, predicted) in enumerate(zip(images, masks, predictions, strict=True)):
+        for column, (title, shown) in enumerate(
+            (("image", None), ("truth", mask), ("prediction", predicted))
+        ):
+            axis = axes[row, column]
+            pixels = image / 255.0
+            if shown is not None:
+                item = (shown > 0)[..., np.newaxis]
+                pixels = np.where(item, 0.4 * pixels + 0.6 * colours[shown], 0.6 * pixels)
+            axis.imshow(pixels)
+            axis.set_axis_off()
+            if row == 0:
+                axis.set_title(title)
+    handles = [
+        matplotlib.patches.Patch(color=colours[index], label=name)
+        for index, name in enumerate(class_names)
+        if index > 0
+    ]
+    figure.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.06 if rows > 2 else 0.12, 1, 1))
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -6,7 +6,13 @@ from typing import Annotated
 
 import fastapi
 
-from service.routes.params import get_app_settings, resolve_runtime, unless_disconnected
+from service.routes.params import (
+    ModelName,
+    Version,
+    get_app_settings,
+    resolve_runtime,
+    unless_disconnected,
+)
 from service.routes.uploads import IMAGE_REQUEST_BODY, read_images
 from service.runtimes.classification import DEFAULT_TOP_K, ClassifyRequest, ClassifyResponse
 
@@ -19,8 +25,6 @@ TopK = Annotated[
         "at most the number of classes)."
     ),
 ]
-ModelName = Annotated[str | None, fastapi.Query(description="Model name (default: the task's).")]
-Version = Annotated[str | None, fastapi.Query(description="Version (default: the newest).")]
 
 
 async def _classify(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import fastapi
 
@@ -14,6 +14,9 @@ from service.runtimes import Runtime
 from service.settings import Settings
 
 T = TypeVar("T")
+
+ModelName = Annotated[str | None, fastapi.Query(description="Model name (default: the task's).")]
+Version = Annotated[str | None, fastapi.Query(description="Version (default: the newest).")]
 
 
 def get_repository(request: fastapi.Request) -> ModelRepository:

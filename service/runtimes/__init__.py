@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from service.runtimes.base import Runtime
 from service.runtimes.classification import ClassificationRuntime
+from service.runtimes.segmentation import SegmentationRuntime
 
 RUNTIMES: dict[str, type[Runtime]] = {
-    ClassificationRuntime.task: ClassificationRuntime,
+    runtime.task: runtime for runtime in (ClassificationRuntime, SegmentationRuntime)
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -22,6 +23,15 @@ import numpy as np
 from kerve_manifest import Manifest
 from service.batching import BatchConfig, Batcher
 from service.metrics import ModelMetrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A request's samples, and what postprocess needs to know about how they were made
+    (the original image size, the tile grid, ...)."""
+
+    samples: np.ndarray
+    context: Any = None
 
 
 class Runtime(abc.ABC):
@@ -54,7 +64,7 @@ class Runtime(abc.ABC):
 
     # -- what a task implements ------------------------------------------------
     @abc.abstractmethod
-    def preprocess(self, request: Any) -> np.ndarray:
+    def preprocess(self, request: Any) -> Prepared:
         """Validate a request and turn it into samples shaped like ``sample_shape``."""
 
     def predict_batch(self, samples: np.ndarray) -> np.ndarray:
@@ -62,8 +72,8 @@ class Runtime(abc.ABC):
         return np.asarray(self.model.predict_on_batch(samples))
 
     @abc.abstractmethod
-    def postprocess(self, outputs: np.ndarray, request: Any) -> Any:
-        """Turn one request's outputs into its response."""
+    def postprocess(self, outputs: np.ndarray, request: Any, context: Any) -> Any:
+        """Turn one request's outputs into its response (``context`` from preprocess)."""
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -113,10 +123,10 @@ class Runtime(abc.ABC):
         self._in_flight += 1
         self._idle.clear()
         try:
-            samples = await self._in_pool(self.metrics.preprocess_time, self.preprocess, request)
-            outputs = await self._batcher.submit(samples)
+            prepared = await self._in_pool(self.metrics.preprocess_time, self.preprocess, request)
+            outputs = await self._batcher.submit(prepared.samples)
             return await self._in_pool(
-                self.metrics.postprocess_time, self.postprocess, outputs, request
+                self.metrics.postprocess_time, self.postprocess, outputs, request, prepared.context
             )
         finally:
             self._in_flight -= 1

@@ -9,7 +9,7 @@ import pydantic
 
 from service import imaging
 from service.errors import BadRequest
-from service.runtimes.base import Runtime
+from service.runtimes.base import Prepared, Runtime
 
 DEFAULT_TOP_K = 5
 
@@ -54,14 +54,16 @@ class ClassificationRuntime(Runtime):
                 f"{len(self.manifest.labels)} labels need {expected}"
             )
 
-    def preprocess(self, request: ClassifyRequest) -> np.ndarray:
+    def preprocess(self, request: ClassifyRequest) -> Prepared:
         self.top_k(request)  # refuse a bad top_k before any decoding or inference
         spec = self.manifest.input
-        return np.stack(
-            [imaging.load_sample(d, spec, self.max_image_pixels) for d in request.images]
+        return Prepared(
+            np.stack([imaging.load_sample(d, spec, self.max_image_pixels) for d in request.images])
         )
 
-    def postprocess(self, outputs: np.ndarray, request: ClassifyRequest) -> ClassifyResponse:
+    def postprocess(
+        self, outputs: np.ndarray, request: ClassifyRequest, context: None
+    ) -> ClassifyResponse:
         scores = outputs.astype(np.float64)
         if self.manifest.output == "logits":
             scores = _softmax(scores)

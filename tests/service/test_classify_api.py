@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.helpers import encode, solid
+from tests.helpers import encode, histogram_sum_count, solid
 from tests.service.test_imaging import png_bomb
 
 RED, GREEN, BLUE = (220, 20, 20), (20, 220, 20), (20, 20, 220)
@@ -217,14 +217,6 @@ def test_request_id_is_echoed_or_made(client):
     assert client.post("/v1/classify", content=b"", headers=headers).headers["X-Request-ID"]
 
 
-def _histogram(metrics_text: str, name: str, model: str) -> tuple[float, float]:
-    def value(suffix: str) -> float:
-        pattern = rf'^{name}_{suffix}{{model="{model}",version="1"}} (\S+)$'
-        return float(re.search(pattern, metrics_text, re.MULTILINE).group(1))
-
-    return value("sum"), value("count")
-
-
 def test_concurrent_requests_are_batched_and_measured(repository):
     from service.settings import BatchingOverride
     from tests.helpers import make_settings, start_client, wait_ready
@@ -241,11 +233,11 @@ def test_concurrent_requests_are_batched_and_measured(repository):
             )
         assert all(r.status_code == 200 and top_label(r) == "green" for r in responses)
         text = client.get("/metrics").text
-    total, calls = _histogram(text, "kerve_batch_size", "colours")
+    total, calls = histogram_sum_count(text, "kerve_batch_size", "colours")
     assert total == 32
     assert total / calls > 1  # mean batch size: requests shared model calls
     for name in ("kerve_queue_wait_seconds", "kerve_inference_seconds", "kerve_preprocess_seconds"):
-        assert _histogram(text, name, "colours")[1] > 0
+        assert histogram_sum_count(text, name, "colours")[1] > 0
     assert re.search(
         r'kerve_request_duration_seconds_count\{method="POST",model="colours",'
         r'route="/v1/classify",status="200",version="1"\} 32',

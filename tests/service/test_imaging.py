@@ -157,3 +157,21 @@ def test_normalisation_follows_the_manifest():
     spec = InputSpec(height=2, width=2, channels=3, mean=[100, 0, 50], std=[2, 1, 5])
     sample = imaging.load_sample(encode(solid((110, 20, 100), (2, 2)), "PNG"), spec, LIMIT)
     np.testing.assert_allclose(sample[0, 0], [5.0, 20.0, 10.0])
+
+
+def test_class_palette_is_the_pascal_voc_colour_map():
+    palette = imaging.class_palette(21)
+    assert palette[:5].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
+    assert palette[15].tolist() == [192, 128, 128]  # VOC "person"
+    assert len({tuple(colour) for colour in palette}) == 21
+
+
+def test_mask_png_keeps_class_indices_and_overlay_leaves_background_alone():
+    classes = np.array([[0, 1], [2, 0]], np.uint8)
+    mask = imaging.mask_image(classes, imaging.class_palette(3))
+    decoded = Image.open(io.BytesIO(imaging.encode_png(mask)))
+    assert decoded.mode == "P" and np.array_equal(np.asarray(decoded), classes)
+    photo = Image.fromarray(np.full((2, 2, 3), 100, np.uint8))
+    blended = np.asarray(imaging.overlay(photo, mask))
+    assert blended[0, 0].tolist() == [100, 100, 100] and blended[1, 1].tolist() == [100, 100, 100]
+    assert blended[0, 1].tolist() == [114, 50, 50]  # halfway to (128, 0, 0)

@@ -1,0 +1,91 @@
+"""POST /v1/segment and its per-model forms."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import fastapi
+
+from service.errors import BadRequest
+from service.routes.params import (
+    ModelName,
+    Version,
+    get_app_settings,
+    resolve_runtime,
+    unless_disconnected,
+)
+from service.routes.uploads import IMAGE_REQUEST_BODY, read_images
+from service.runtimes.segmentation import SegmentRequest, SegmentResponse
+
+router = fastapi.APIRouter(tags=["segmentation"])
+
+Overlay = Annotated[
+    bool, fastapi.Query(description="Also return the mask blended over the image (PNG).")
+]
+PNG_RESPONSE = {
+    200: {
+        "content": {"image/png": {}},
+        "description": "JSON by default; with `Accept: image/png`, the mask PNG alone.",
+    }
+}
+
+
+async def _segment(
+    request: fastapi.Request, name: str | None, version: str | None, overlay: bool
+) -> SegmentResponse | fastapi.Response:
+    settings = get_app_settings(request)
+    images = await read_images(request, settings.max_images_per_request)
+    if len(images) > 1:
+        raise BadRequest(f"segmentation takes one image per request, got {len(images)}")
+    runtime = resolve_runtime(request, "segmentation", name, version)
+    mask_only = _wants_png(request)
+    result = await unless_disconnected(
+        request,
+        runtime.infer(SegmentRequest(image=images[0], overlay=overlay, mask_only=mask_only)),
+    )
+    if mask_only:
+        return fastapi.Response(result, media_type="image/png")
+    return result
+
+
+def _wants_png(request: fastapi.Request) -> bool:
+    """``Accept: image/png`` (and not JSON first) asks for the mask alone."""
+    accepted = [part.split(";")[0].strip() for part in request.headers.get("accept", "").split(",")]
+    return "image/png" in accepted and accepted.index("image/png") < _position(
+        accepted, "application/json"
+    )
+
+
+def _position(accepted: list[str], media_type: str) -> int:
+    return accepted.index(media_type) if media_type in accepted else len(accepted)
+
+
+@router.post("/v1/segment", openapi_extra=IMAGE_REQUEST_BODY, responses=PNG_RESPONSE)
+async def segment_image(
+    request: fastapi.Request,
+    overlay: Overlay = False,
+    model: ModelName = None,
+    version: Version = None,
+) -> SegmentResponse:
+    """Segment an image: a class per pixel, as a mask PNG of the image's size."""
+    return await _segment(request, model, version, overlay)
+
+
+@router.post("/v1/models/{name}/segment", openapi_extra=IMAGE_REQUEST_BODY, responses=PNG_RESPONSE)
+async def segment_with_model(
+    request: fastapi.Request, name: str, overlay: Overlay = False
+) -> SegmentResponse:
+    """Segment an image with the newest version of one model."""
+    return await _segment(request, name, None, overlay)
+
+
+@router.post(
+    "/v1/models/{name}/versions/{version}/segment",
+    openapi_extra=IMAGE_REQUEST_BODY,
+    responses=PNG_RESPONSE,
+)
+async def segment_with_version(
+    request: fastapi.Request, name: str, version: str, overlay: Overlay = False
+) -> SegmentResponse:
+    """Segment an image with one exact model version."""
+    return await _segment(request, name, version, overlay)
