@@ -29,7 +29,9 @@ import kerve_manifest  # noqa: E402
 from training import backbones, evaluate, export, finetune, pipeline, plots  # noqa: E402
 from training.data import scenes  # noqa: E402
 
+BOTTLENECK_FILTERS = 128  # the encoder's last feature map, squeezed
 DECODER_FILTERS = (96, 64, 48, 24)  # at strides 16, 8, 4, 2
+SKIP_FILTERS = (64, 48, 32, 16)  # each skip, projected before joining
 DICE_WEIGHT = 1.0
 SAMPLE_SCENES = 6  # rows in the overlay figure
 
@@ -54,21 +56,29 @@ def build_model(backbone: keras.Model, num_classes: int, pretrained: bool) -> ke
     inputs = keras.Input(backbone.input_shape[1:], name="image")
     # training=False keeps a pretrained encoder's BatchNorm in inference mode.
     *skips, x = encoder(inputs, training=False) if pretrained else encoder(inputs)
-    for skip, filters in zip(reversed(skips), DECODER_FILTERS, strict=True):
+    x = conv_bn_relu(x, BOTTLENECK_FILTERS, 1, "bottleneck")
+    for skip, filters, skip_filters in zip(
+        reversed(skips), DECODER_FILTERS, SKIP_FILTERS, strict=True
+    ):
         stride = inputs.shape[1] // skip.shape[1]
         x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"up_{stride}")(x)
+        # The encoder's skips are wide (96 to 672 channels); a 1x1 projection keeps
+        # the 3x3 convolutions that follow cheap.
+        skip = conv_bn_relu(skip, skip_filters, 1, f"skip_{stride}")
         x = keras.layers.Concatenate(name=f"join_{stride}")([x, skip])
-        x = keras.layers.Conv2D(
-            filters, 3, padding="same", use_bias=False, name=f"decode_{stride}"
-        )(x)
-        # momentum 0.9: the moving statistics settle within the few hundred steps of a
-        # short run (at 0.99 validation would see nearly untrained statistics).
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"decode_{stride}_bn")(x)
-        x = keras.layers.ReLU(name=f"decode_{stride}_relu")(x)
+        x = conv_bn_relu(x, filters, 3, f"decode_{stride}")
     x = keras.layers.Conv2D(num_classes, 1, name="class_logits")(x)  # stride 2
     x = keras.layers.UpSampling2D(2, interpolation="bilinear", name="full_resolution")(x)
     outputs = keras.layers.Softmax(name="class_probabilities")(x)
     return keras.Model(inputs, outputs, name="segmenter")
+
+
+def conv_bn_relu(x, filters: int, kernel_size: int, name: str):
+    x = keras.layers.Conv2D(filters, kernel_size, padding="same", use_bias=False, name=name)(x)
+    # momentum 0.9: the moving statistics settle within the few hundred steps of a
+    # short run (at 0.99 validation would see nearly untrained statistics).
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
 def dice_cross_entropy(num_classes: int):
