@@ -14,6 +14,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 def unfreeze_top(backbone: keras.Model, fraction: float) -> int:
@@ -91,6 +92,23 @@ def add_arguments(parser: argparse.ArgumentParser, backbone_names: list[str]) ->
     parser.add_argument("--patience", type=int, default=3, help="early-stopping patience")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--verbose", type=int, default=1, help="Keras progress: 0, 1 or 2")
+
+
+def provenance(args: argparse.Namespace, history: dict[str, list[float]]) -> dict:
+    """The fine-tuning recipe as a manifest's provenance records it."""
+    return {
+        "backbone": args.backbone,
+        "weights": args.weights,
+        "image_size": args.image_size,
+        "head_epochs": args.head_epochs,
+        "fine_tune_epochs": args.epochs,
+        "epochs_run": len(history.get("loss", [])),
+        "unfreeze_fraction": args.unfreeze,
+        "learning_rates": [args.learning_rate, args.fine_tune_learning_rate],
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "tensorflow_version": tf.__version__,
+    }
 
 
 def record(history: dict[str, list[float]], result: keras.callbacks.History) -> None:
