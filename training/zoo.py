@@ -46,8 +46,8 @@ ZOO = {
     "segmenter": (
         "training.segmenter",
         {
-            "fast": ["--image-size", "96", "--train-scenes", "3000", "--head-epochs", "2",
-                     "--epochs", "5", "--batch-size", "16", "--fine-tune-learning-rate", "5e-4"],
+            "fast": ["--image-size", "96", "--train-scenes", "5000", "--head-epochs", "1",
+                     "--epochs", "4", "--batch-size", "16", "--fine-tune-learning-rate", "5e-4"],
             "full": ["--image-size", "96", "--train-scenes", "10000", "--val-scenes", "500",
                      "--head-epochs", "1", "--epochs", "14", "--batch-size", "16",
                      "--fine-tune-learning-rate", "5e-4", "--patience", "3"],
