@@ -66,6 +66,32 @@ class BatchingSpec(pydantic.BaseModel):
     timeout_ms: float = pydantic.Field(default=10_000.0, gt=0)
 
 
+class TextSpec(pydantic.BaseModel):
+    """A captioning model's vocabulary: output index ``i`` is the token ``vocabulary[i]``."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    vocabulary: list[str]
+    padding_token: str = "<pad>"
+    start_token: str = "<start>"
+    end_token: str = "<end>"
+    unknown_token: str = "<unk>"
+    max_length: int = pydantic.Field(default=24, ge=1, le=256)  # words, end token excluded
+
+    @pydantic.model_validator(mode="after")
+    def _special_tokens_known(self) -> TextSpec:
+        if len(set(self.vocabulary)) != len(self.vocabulary):
+            raise ValueError("vocabulary tokens must be unique")
+        specials = (self.padding_token, self.start_token, self.end_token, self.unknown_token)
+        missing = [token for token in specials if token not in self.vocabulary]
+        if missing:
+            raise ValueError(f"vocabulary lacks the special tokens {missing}")
+        return self
+
+    def index(self, token: str) -> int:
+        return self.vocabulary.index(token)
+
+
 class Manifest(pydantic.BaseModel):
     """What the service needs to know to serve one model version."""
 
@@ -78,6 +104,7 @@ class Manifest(pydantic.BaseModel):
     # Classification: whether the model ends in softmax or emits raw logits.
     output: Literal["probabilities", "logits"] = "probabilities"
     batching: BatchingSpec = BatchingSpec()
+    text: TextSpec | None = None  # captioning: the decoder's vocabulary
     description: str = ""
     metrics: dict[str, Any] = {}  # test metrics measured by the training run
     provenance: dict[str, Any] = {}  # script, arguments, data, time, git commit
@@ -86,6 +113,8 @@ class Manifest(pydantic.BaseModel):
     def _labels_for_classes(self) -> Manifest:
         if self.task in ("classification", "segmentation") and len(self.labels) < 2:
             raise ValueError(f"a {self.task} manifest needs at least two labels")
+        if (self.task == "captioning") != (self.text is not None):
+            raise ValueError("a captioning manifest, and only one, has a text section")
         return self
 
 

@@ -47,3 +47,34 @@ def test_versions_are_positive_integer_folders(tmp_path):
     (tmp_path / "7").write_text("a file, not a version")
     assert kerve_manifest.list_versions(tmp_path) == [1, 2, 10]
     assert kerve_manifest.list_versions(tmp_path / "missing") == []
+
+
+def captioning(**text) -> Manifest:
+    vocabulary = ["<pad>", "<start>", "<end>", "<unk>", "a", "bag"]
+    return Manifest(
+        task="captioning",
+        input=InputSpec(height=8, width=8),
+        text=kerve_manifest.TextSpec(vocabulary=text.pop("vocabulary", vocabulary), **text),
+    )
+
+
+def test_captioning_manifest_round_trips_its_vocabulary(tmp_path):
+    manifest = captioning(max_length=12)
+    kerve_manifest.write_manifest(tmp_path, manifest)
+    read = kerve_manifest.read_manifest(tmp_path)
+    assert read.text.vocabulary[read.text.index("bag")] == "bag"
+    assert read.text.max_length == 12
+
+
+def test_captioning_needs_its_special_tokens_and_unique_words():
+    with pytest.raises(pydantic.ValidationError, match="special tokens"):
+        captioning(vocabulary=["<pad>", "<start>", "a"])
+    with pytest.raises(pydantic.ValidationError, match="unique"):
+        captioning(vocabulary=["<pad>", "<start>", "<end>", "<unk>", "a", "a"])
+
+
+def test_text_section_only_for_captioning():
+    with pytest.raises(pydantic.ValidationError, match="text section"):
+        Manifest(task="captioning", input=InputSpec(height=8, width=8))
+    with pytest.raises(pydantic.ValidationError, match="text section"):
+        classification(labels=["a", "b"], text=captioning().text)
