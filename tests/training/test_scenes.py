@@ -88,16 +88,30 @@ def test_test_scenes_never_use_training_items_or_backgrounds():
     test = scenes.SceneGenerator("test", SIZE, seed=3)
     train = scenes.SceneGenerator("train", SIZE, seed=3)
     val = scenes.SceneGenerator("val", SIZE, seed=3)
-    train_backgrounds = {b.name for b in train.backgrounds}
-    assert train_backgrounds == {b.name for b in val.backgrounds}
-    assert not train_backgrounds & {b.name for b in test.backgrounds}
+    train_photos = {b.name for b in train.backgrounds if b.split != "shared"}
+    assert {b.name for b in train.backgrounds} == {b.name for b in val.backgrounds}
+    assert not train_photos & {b.name for b in test.backgrounds}
+    # every kind of background a caption names appears in training
+    assert {b.kind for b in test.backgrounds} <= {b.kind for b in train.backgrounds}
     assert not set(train.item_indices) & set(val.item_indices)
     for index in range(40):
         scene = test.scene(index)
-        assert scene.background.split == "test"
+        assert scene.background.split in ("test", "shared")
         assert all(item.source[0] == "test" for item in scene.items)
     sources = {item.source for i in range(40) for item in val.scene(i).items}
     assert all(split == "train" and index in set(val.item_indices) for split, index in sources)
+
+
+def test_shared_textures_give_test_scenes_only_their_held_out_rows(monkeypatch):
+    # A texture that is dark above the held-out boundary and bright below it.
+    texture = np.zeros((400, 400, 3), np.uint8)
+    texture[int(400 * (1 - scenes.TEXTURE_TEST_ROWS)) :] = 255
+    monkeypatch.setattr(scenes, "background_photo", lambda name: texture)
+    grass = scenes.BACKGROUNDS["grass"]
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        assert scenes.background_crop(grass, SIZE, rng, test=True).min() == 255
+        assert scenes.background_crop(grass, SIZE, rng, test=False).max() == 0
 
 
 def test_items_keep_their_fashion_mnist_class():
