@@ -128,3 +128,73 @@ def encode(array: np.ndarray, image_format: str, **options) -> bytes:
 def solid(colour: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> np.ndarray:
     width, height = size
     return np.broadcast_to(np.array(colour, np.uint8), (height, width, 3)).copy()
+
+
+CAPTION_VOCABULARY = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "green", "blue",
+                      "square", "on", "dark", "bright"]  # fmt: skip
+CAPTION_IMAGE_SIZE = 12
+CAPTION_MAX_LENGTH = 8
+
+
+def build_captioner(cell: str = "lstm", seed: int = 12, vocabulary_size: int | None = None):
+    """A tiny real captioner following the service's encoder/decoder contract.
+
+    encoder: image -> [context vector, *initial states]; decoder (one step): [token,
+    context, *states] -> [log_probs, *new states], an LSTM or GRU over one time step.
+    Weights come from ``seed``; ``<unk>`` gets a large bias, so it would be the most
+    likely token if the service did not ban it. ``vocabulary_size`` other than the
+    manifest's breaks the contract.
+    """
+    vocabulary_size = vocabulary_size or len(CAPTION_VOCABULARY)
+    units, context_size = 6, 5
+    image = keras.Input((CAPTION_IMAGE_SIZE, CAPTION_IMAGE_SIZE, 3), name="image")
+    pooled = keras.layers.GlobalAveragePooling2D()(image)
+    context = keras.layers.Dense(context_size, activation="tanh")(pooled)
+    num_states = 2 if cell == "lstm" else 1
+    initial = [keras.layers.Dense(units, activation="tanh")(pooled) for _ in range(num_states)]
+    encoder = keras.Model(image, [context, *initial], name="encoder")
+
+    token = keras.Input((1,), dtype="int32", name="token")
+    context_in = keras.Input((context_size,), name="context")
+    states_in = [keras.Input((units,), name=f"state_{i}") for i in range(num_states)]
+    embedded = keras.layers.Embedding(vocabulary_size, 4)(token)
+    features = keras.layers.Concatenate()(
+        [embedded, keras.layers.Reshape((1, context_size))(context_in)]
+    )
+    recurrent = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[cell]
+    output, *states_out = recurrent(units, return_state=True)(features, initial_state=states_in)
+    head = keras.layers.Dense(vocabulary_size, activation="log_softmax", name="next_token")
+    decoder = keras.Model(
+        [token, context_in, *states_in], [head(output), *states_out], name="decoder"
+    )
+
+    rng = np.random.default_rng(seed)
+    for layer in (*encoder.layers, *decoder.layers):
+        layer.set_weights([rng.normal(0, 1.0, w.shape).astype(np.float32)
+                           for w in layer.get_weights()])  # fmt: skip
+    kernel, bias = head.get_weights()
+    bias[CAPTION_VOCABULARY.index("<unk>")] = 8.0
+    bias[CAPTION_VOCABULARY.index("<end>")] += 1.5
+    head.set_weights([kernel * 2, bias])
+
+    # The outer model only saves both in one file: image + first token -> first log-probs.
+    first_token = keras.Input((1,), dtype="int32", name="first_token")
+    outputs = decoder([first_token, *encoder(image)])
+    return keras.Model([image, first_token], outputs)
+
+
+def captioning_manifest(**batching) -> kerve_manifest.Manifest:
+    return kerve_manifest.Manifest(
+        task="captioning",
+        input=kerve_manifest.InputSpec.scaled(CAPTION_IMAGE_SIZE, CAPTION_IMAGE_SIZE, 3, "unit"),
+        text=kerve_manifest.TextSpec(vocabulary=CAPTION_VOCABULARY, max_length=CAPTION_MAX_LENGTH),
+        batching=kerve_manifest.BatchingSpec(**batching),
+        description="test model: a tiny random captioner",
+    )
+
+
+def publish_captioner(
+    repository: Path, name: str = "captioner", cell: str = "lstm", model=None, **batching
+) -> Path:
+    model = model if model is not None else build_captioner(cell)
+    return export.publish(model, captioning_manifest(**batching), repository, name)

@@ -80,6 +80,10 @@ class Runtime(abc.ABC):
         spec = self.manifest.input
         return (spec.height, spec.width, spec.channels)
 
+    def blank_samples(self, size: int) -> np.ndarray:
+        """``size`` samples that warm_up runs through ``predict_batch``."""
+        return np.zeros((size, *self.sample_shape), np.float32)
+
     # -- lifecycle, driven by the repository -----------------------------------
     def check_outputs(self, outputs: np.ndarray, batch_size: int) -> None:
         """Refuse, at load, a model whose outputs postprocess could not read."""
@@ -90,7 +94,7 @@ class Runtime(abc.ABC):
         """Run every padded batch size once, so that no request pays a trace or compile."""
         try:
             for size in self.batching.batch_sizes:
-                samples = np.zeros((size, *self.sample_shape), np.float32)
+                samples = self.blank_samples(size)
                 outputs = self._inference_thread.submit(self.predict_batch, samples).result()
                 self.check_outputs(outputs, size)
         except BaseException:
