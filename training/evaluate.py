@@ -1,4 +1,4 @@
-"""Task metrics computed with numpy: classification and segmentation."""
+"""Task metrics: classification and segmentation (numpy), captioning (BLEU, nltk)."""
 
 from __future__ import annotations
 
@@ -65,3 +65,13 @@ def segmentation_report(matrix: np.ndarray, class_names: list[str]) -> dict:
         },
         "pixels": int(matrix.sum()),
     }
+
+
+def bleu_scores(references: list[list[list[str]]], hypotheses: list[list[str]]) -> dict:
+    """Corpus BLEU-1..4 (Papineni et al. 2002) of tokenised hypotheses, each against all
+    of its references, as nltk computes it."""
+    from nltk.translate import bleu_score
+
+    weights = [(1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25)]
+    scores = bleu_score.corpus_bleu(references, hypotheses, weights=weights)
+    return {f"bleu_{n}": float(score) for n, score in enumerate(scores, start=1)}

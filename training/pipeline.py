@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
+CAPTION_BUCKETS = [8, 11, 14, 17, 20, 24]  # caption lengths (with the end token) per batch
 
 
 def augmentation(seed: int = 1337) -> keras.Sequential:
@@ -101,4 +102,47 @@ def make_segmentation_dataset(
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.map(flip, num_parallel_calls=AUTOTUNE)
     dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    return dataset.prefetch(AUTOTUNE)
+
+
+def make_caption_dataset(
+    sources: np.ndarray,
+    scene_index: np.ndarray,
+    tokens: np.ndarray,
+    targets: np.ndarray,
+    batch_size: int = 64,
+    training: bool = False,
+    seed: int = 1337,
+    scale: tuple[list[float], list[float]] | None = None,
+) -> tf.data.Dataset:
+    """Batches of ((float32 source per caption, input tokens [b, t]), target tokens [b, t]).
+
+    ``sources`` holds one entry per scene (cached backbone features, or uint8
+    images scaled by ``scale`` = (mean, std)); each caption gathers its scene's,
+    so a scene's 3-5 captions share one copy. No flips: they would swap left and right.
+    The last batch of each length bucket may be smaller than ``batch_size``.
+    """
+    table = tf.constant(sources)
+    mean, std = scale or ([0.0], [1.0])
+    mean_t, std_t = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
+
+    def gather(index, inputs, outputs):
+        source = (tf.cast(tf.gather(table, index), tf.float32) - mean_t) / std_t
+        return (source, inputs), outputs
+
+    def cut(index, inputs, outputs):
+        longest = tf.reduce_max(tf.math.count_nonzero(outputs, axis=1, dtype=tf.int32))
+        return index, inputs[:, :longest], outputs[:, :longest]
+
+    dataset = tf.data.Dataset.from_tensor_slices((scene_index, tokens, targets))
+    if training:
+        dataset = dataset.shuffle(len(tokens), seed=seed, reshuffle_each_iteration=True)
+    # Captions of similar length share a batch, cut to its longest: a recurrent
+    # step costs the same for padding as for words.
+    dataset = dataset.bucket_by_sequence_length(
+        lambda index, inputs, outputs: tf.math.count_nonzero(outputs, dtype=tf.int32),
+        CAPTION_BUCKETS,
+        [batch_size] * (len(CAPTION_BUCKETS) + 1),
+    )
+    dataset = dataset.map(cut, num_parallel_calls=AUTOTUNE).map(gather, num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)

@@ -88,3 +88,32 @@ def segmentation_samples(
     figure.tight_layout(rect=(0, 0.06 if rows > 2 else 0.12, 1, 1))
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def caption_samples(
+    images: np.ndarray, generated: list[str], references: list[str], path: Path
+) -> None:
+    """A grid of scenes, each titled with the model's caption and one reference below it."""
+    columns = 4
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.4 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.set_axis_off()
+    for axis, image, caption, reference in zip(
+        axes.ravel(), images, generated, references, strict=False
+    ):
+        axis.imshow(image)
+        axis.set_title(_wrap(caption), fontsize=9, loc="left")
+        axis.annotate(
+            "ref: " + _wrap(reference), (0, -0.02), xycoords="axes fraction",
+            va="top", fontsize=8, color="dimgrey",
+        )  # fmt: skip
+    figure.tight_layout(h_pad=3.0)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _wrap(text: str, width: int = 40) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text.replace(" ,", ","), width))
