@@ -53,6 +53,15 @@ ZOO = {
                      "--fine-tune-learning-rate", "5e-4", "--patience", "3"],
         },
     ),
+    "captioner": (
+        "training.captioner",
+        {
+            "fast": ["--decoder", "lstm", "--train-scenes", "6000", "--head-epochs", "8",
+                     "--batch-size", "128", "--learning-rate", "3e-3"],
+            "full": ["--decoder", "lstm", "--train-scenes", "20000", "--head-epochs", "20",
+                     "--batch-size", "128", "--learning-rate", "3e-3", "--patience", "4"],
+        },
+    ),
 }  # fmt: skip
 
 
