@@ -92,6 +92,31 @@ class TextSpec(pydantic.BaseModel):
         return self.vocabulary.index(token)
 
 
+class DenoisingSpec(pydantic.BaseModel):
+    """How a denoiser is served: on overlapping tiles of ``input.height`` x ``input.width``.
+
+    A tile's outer ``margin`` pixels are context only: each tile contributes its
+    centre, so when the margin covers the model's receptive field the stitched
+    image equals the whole image run at once.
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    margin: int = pydantic.Field(default=16, ge=0)
+    # Noise standard deviations (pixel levels, 0..255) the model was trained on.
+    sigma_range: tuple[float, float] = (0.0, 50.0)
+    # True when the model takes a second input, a noise-level map (sigma / 255 per
+    # pixel, FFDNet-style); False for a blind model that estimates the noise itself.
+    sigma_input: bool = False
+
+    @pydantic.model_validator(mode="after")
+    def _range_ordered(self) -> DenoisingSpec:
+        low, high = self.sigma_range
+        if not 0 <= low <= high:
+            raise ValueError("sigma_range must be (low, high) with 0 <= low <= high")
+        return self
+
+
 class Manifest(pydantic.BaseModel):
     """What the service needs to know to serve one model version."""
 
@@ -105,6 +130,7 @@ class Manifest(pydantic.BaseModel):
     output: Literal["probabilities", "logits"] = "probabilities"
     batching: BatchingSpec = BatchingSpec()
     text: TextSpec | None = None  # captioning: the decoder's vocabulary
+    denoising: DenoisingSpec | None = None  # denoising: tiling and noise levels
     description: str = ""
     metrics: dict[str, Any] = {}  # test metrics measured by the training run
     provenance: dict[str, Any] = {}  # script, arguments, data, time, git commit
@@ -115,6 +141,15 @@ class Manifest(pydantic.BaseModel):
             raise ValueError(f"a {self.task} manifest needs at least two labels")
         if (self.task == "captioning") != (self.text is not None):
             raise ValueError("a captioning manifest, and only one, has a text section")
+        if (self.task == "denoising") != (self.denoising is not None):
+            raise ValueError("a denoising manifest, and only one, has a denoising section")
+        if self.denoising is not None:
+            tile = min(self.input.height, self.input.width)
+            if 2 * self.denoising.margin >= tile:
+                raise ValueError(
+                    f"a tile of {tile} px has no centre left inside margins of "
+                    f"{self.denoising.margin} px"
+                )
         return self
 
 

@@ -250,5 +250,6 @@ class Batcher:
         request.chunks.append(outputs)
         request.received += len(outputs)
         if request.received == len(request.samples):
-            chunks = request.chunks
+            # A finished request can wait in the queue for the next batch: drop its chunks now.
+            chunks, request.chunks = request.chunks, []
             request.future.set_result(chunks[0] if len(chunks) == 1 else np.concatenate(chunks))

@@ -198,3 +198,65 @@ def publish_captioner(
 ) -> Path:
     model = model if model is not None else build_captioner(cell)
     return export.publish(model, captioning_manifest(**batching), repository, name)
+
+
+def build_identity_denoiser(channels: int = 3) -> keras.Model:
+    """A fully convolutional model that returns its input: denoising with no change."""
+    image = keras.Input((None, None, channels), name="image")
+    return keras.Model(image, keras.layers.Identity()(image))
+
+
+def build_sigma_denoiser(channels: int = 3) -> keras.Model:
+    """A model taking [image, noise_map] that returns image + noise_map, so the sigma
+    it was given shows in its output: sigma pixel levels added (with "unit" scaling)."""
+    image = keras.Input((None, None, channels), name="image")
+    noise_map = keras.Input((None, None, 1), name="noise_map")
+    return keras.Model([image, noise_map], keras.layers.Add()([image, noise_map]))
+
+
+def build_conv_denoiser(channels: int = 3, layers: int = 3, seed: int = 0) -> keras.Model:
+    """A small real denoiser: ``layers`` 3x3 "same" convolutions (receptive radius
+    ``layers``), each a box blur per channel with random weights mixed in."""
+    rng = np.random.default_rng(seed)
+    image = keras.Input((None, None, channels), name="image")
+    outputs = image
+    for _ in range(layers):
+        conv = keras.layers.Conv2D(channels, 3, padding="same")
+        outputs = conv(outputs)
+        kernel = np.eye(channels) / 9 + rng.normal(0, 0.03, (3, 3, channels, channels))
+        conv.set_weights([kernel.astype(np.float32), rng.normal(0, 0.02, channels).astype("f4")])
+    return keras.Model(image, outputs)
+
+
+def build_cropping_denoiser(channels: int = 3) -> keras.Model:
+    """A broken denoiser: a "valid" 3x3 convolution, its output 2 pixels smaller."""
+    image = keras.Input((None, None, channels), name="image")
+    return keras.Model(image, keras.layers.Conv2D(channels, 3, padding="valid")(image))
+
+
+def denoising_manifest(
+    tile: int = 32,
+    margin: int = 4,
+    channels: int = 3,
+    sigma_input: bool = False,
+    sigma_range: tuple[float, float] = (0.0, 50.0),
+    **batching,
+) -> kerve_manifest.Manifest:
+    return kerve_manifest.Manifest(
+        task="denoising",
+        input=kerve_manifest.InputSpec.scaled(tile, tile, channels, "unit"),
+        denoising=kerve_manifest.DenoisingSpec(
+            margin=margin, sigma_range=sigma_range, sigma_input=sigma_input
+        ),
+        batching=kerve_manifest.BatchingSpec(**batching),
+        description="test model: a tiny denoiser",
+    )
+
+
+def publish_denoiser(
+    repository: Path, name: str = "denoiser", model=None, **manifest_options
+) -> Path:
+    manifest = denoising_manifest(**manifest_options)
+    if model is None:
+        model = build_identity_denoiser(manifest.input.channels)
+    return export.publish(model, manifest, repository, name)

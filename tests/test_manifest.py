@@ -78,3 +78,22 @@ def test_text_section_only_for_captioning():
         Manifest(task="captioning", input=InputSpec(height=8, width=8))
     with pytest.raises(pydantic.ValidationError, match="text section"):
         classification(labels=["a", "b"], text=captioning().text)
+
+
+def test_denoising_manifest_round_trips_its_tiling(tmp_path):
+    spec = kerve_manifest.DenoisingSpec(margin=24, sigma_range=(5, 50), sigma_input=True)
+    manifest = Manifest(task="denoising", input=InputSpec.scaled(128, 128), denoising=spec)
+    kerve_manifest.write_manifest(tmp_path, manifest)
+    assert kerve_manifest.read_manifest(tmp_path).denoising == spec
+
+
+def test_denoising_section_only_for_denoising_and_margins_leave_a_centre():
+    tile = InputSpec.scaled(64, 64)
+    with pytest.raises(pydantic.ValidationError, match="denoising section"):
+        Manifest(task="denoising", input=tile)
+    with pytest.raises(pydantic.ValidationError, match="denoising section"):
+        Manifest(task="generation", input=tile, denoising=kerve_manifest.DenoisingSpec())
+    with pytest.raises(pydantic.ValidationError, match="no centre"):
+        Manifest(task="denoising", input=tile, denoising=kerve_manifest.DenoisingSpec(margin=32))
+    with pytest.raises(pydantic.ValidationError, match="sigma_range"):
+        kerve_manifest.DenoisingSpec(sigma_range=(30, 10))

@@ -46,6 +46,18 @@ def resolve_runtime(
     return runtime
 
 
+def wants_png(request: fastapi.Request) -> bool:
+    """``Accept: image/png`` (and not JSON first) asks for the PNG alone instead of JSON."""
+    accepted = [part.split(";")[0].strip() for part in request.headers.get("accept", "").split(",")]
+    return "image/png" in accepted and accepted.index("image/png") < _position(
+        accepted, "application/json"
+    )
+
+
+def _position(accepted: list[str], media_type: str) -> int:
+    return accepted.index(media_type) if media_type in accepted else len(accepted)
+
+
 async def unless_disconnected(request: fastapi.Request, work: Awaitable[T]) -> T:
     """Await ``work``, cancelling it if the client hangs up first.
 

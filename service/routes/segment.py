@@ -13,6 +13,7 @@ from service.routes.params import (
     get_app_settings,
     resolve_runtime,
     unless_disconnected,
+    wants_png,
 )
 from service.routes.uploads import IMAGE_REQUEST_BODY, read_images
 from service.runtimes.segmentation import SegmentRequest, SegmentResponse
@@ -38,7 +39,7 @@ async def _segment(
     if len(images) > 1:
         raise BadRequest(f"segmentation takes one image per request, got {len(images)}")
     runtime = resolve_runtime(request, "segmentation", name, version)
-    mask_only = _wants_png(request)
+    mask_only = wants_png(request)
     result = await unless_disconnected(
         request,
         runtime.infer(SegmentRequest(image=images[0], overlay=overlay, mask_only=mask_only)),
@@ -46,18 +47,6 @@ async def _segment(
     if mask_only:
         return fastapi.Response(result, media_type="image/png")
     return result
-
-
-def _wants_png(request: fastapi.Request) -> bool:
-    """``Accept: image/png`` (and not JSON first) asks for the mask alone."""
-    accepted = [part.split(";")[0].strip() for part in request.headers.get("accept", "").split(",")]
-    return "image/png" in accepted and accepted.index("image/png") < _position(
-        accepted, "application/json"
-    )
-
-
-def _position(accepted: list[str], media_type: str) -> int:
-    return accepted.index(media_type) if media_type in accepted else len(accepted)
 
 
 @router.post("/v1/segment", openapi_extra=IMAGE_REQUEST_BODY, responses=PNG_RESPONSE)

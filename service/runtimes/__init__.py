@@ -5,9 +5,10 @@ from __future__ import annotations
 from service.runtimes.base import Runtime
 from service.runtimes.captioning import CaptioningRuntime
 from service.runtimes.classification import ClassificationRuntime
+from service.runtimes.denoising import DenoisingRuntime
 from service.runtimes.segmentation import SegmentationRuntime
 
 RUNTIMES: dict[str, type[Runtime]] = {
     runtime.task: runtime
-    for runtime in (ClassificationRuntime, SegmentationRuntime, CaptioningRuntime)
+    for runtime in (ClassificationRuntime, SegmentationRuntime, CaptioningRuntime, DenoisingRuntime)
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
 import concurrent.futures
 import dataclasses
 import functools
@@ -19,8 +20,11 @@ from typing import Any, ClassVar
 
 import keras
 import numpy as np
+import pydantic
+from PIL import Image
 
 from kerve_manifest import Manifest
+from service import imaging
 from service.batching import BatchConfig, Batcher
 from service.metrics import ModelMetrics
 
@@ -32,6 +36,16 @@ class Prepared:
 
     samples: np.ndarray
     context: Any = None
+
+
+class PngImage(pydantic.BaseModel):
+    """An image in a JSON response."""
+
+    b64: str = pydantic.Field(description="Base64 of a PNG file.")
+
+    @classmethod
+    def of(cls, image: Image.Image) -> PngImage:
+        return cls(b64=base64.b64encode(imaging.encode_png(image)).decode("ascii"))
 
 
 class Runtime(abc.ABC):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 
 import numpy as np
@@ -10,7 +9,7 @@ import pydantic
 from PIL import Image
 
 from service import imaging
-from service.runtimes.base import Prepared, Runtime
+from service.runtimes.base import PngImage, Prepared, Runtime
 
 MAX_CLASSES = 256  # one byte per mask pixel
 
@@ -20,10 +19,6 @@ class SegmentRequest:
     image: bytes
     overlay: bool = False
     mask_only: bool = False  # respond with the mask PNG's bytes instead of JSON
-
-
-class PngImage(pydantic.BaseModel):
-    b64: str = pydantic.Field(description="Base64 of a PNG file.")
 
 
 class SegmentResponse(pydantic.BaseModel):
@@ -83,15 +78,11 @@ class SegmentationRuntime(Runtime):
             width=image.width,
             height=image.height,
             labels=self.manifest.labels,
-            mask=_png(mask),
+            mask=PngImage.of(mask),
             class_fractions={
                 label: round(float(count / total), 6)
                 for label, count in zip(self.manifest.labels, counts, strict=False)
                 if count
             },
-            overlay=_png(imaging.overlay(image, mask)) if request.overlay else None,
+            overlay=PngImage.of(imaging.overlay(image, mask)) if request.overlay else None,
         )
-
-
-def _png(image: Image.Image) -> PngImage:
-    return PngImage(b64=base64.b64encode(imaging.encode_png(image)).decode("ascii"))

@@ -1,0 +1,225 @@
+"""Denoising: an image of any size in, the denoised image of the same size out (PNG).
+
+The model is fully convolutional: (batch, h, w, channels) in, the same shape out,
+both scaled as ``manifest.input`` says. It runs on fixed tiles of ``input.height x
+input.width`` whose outer ``denoising.margin`` pixels are context only
+(service/tiling.py), so a request is as many samples as its image has tiles and
+the tiles of concurrent requests share batches. With ``denoising.sigma_input`` the
+model takes a second input, a noise map holding sigma / 255 at every pixel; a
+sample is then a structured row (tile, sigma), so that requests with different
+sigmas share a batch too.
+
+Colour: grayscale uploads (L, LA, 16-bit, I, F) come back as L, every other mode
+as RGB, with transparent pixels composited on white (imaging.to_mode). A 3-channel
+model sees a gray image as three equal channels and returns their mean; a
+1-channel model denoises a colour image as three gray planes.
+
+Memory: samples are uint8 tiles, (tile / centre)² times the decoded image's bytes
+(1.8x for 128-pixel tiles with 16-pixel margins); only one batch at a time is
+float32, and predict_batch hands back the tiles' centres, as uint8. Serving one
+request peaks at 6.5x the decoded image's bytes at most in numpy and Python
+allocations, JSON response included: 5.5x measured for a noisy 4000x3000 photo
+(tests/service/test_denoise_api.py), mostly the samples, the outputs and the PNG
+with its base64. Pillow's own copies of the decoded and the denoised image come on
+top, and TensorFlow's memory for one batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+import pydantic
+from PIL import Image
+
+from service import imaging, tiling
+from service.errors import BadRequest, PayloadTooLarge
+from service.runtimes.base import PngImage, Prepared, Runtime
+
+MAX_SIGMA = 255.0
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "F", *imaging.SIXTEEN_BIT_MODES})
+MAD_TO_SIGMA = 0.6745  # median absolute deviation of a unit Gaussian
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiseRequest:
+    image: bytes
+    sigma: float | None = None  # pixel levels; None: estimated (models that take one)
+    png_only: bool = False  # respond with the PNG's bytes instead of JSON
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiled:
+    """What postprocess needs: where the tiles lie, the output mode, the sigma used."""
+
+    grid: tiling.TileGrid
+    mode: Literal["RGB", "L"]
+    sigma: float | None
+
+
+class DenoiseResponse(pydantic.BaseModel):
+    model: str
+    version: int
+    width: int
+    height: int
+    mode: Literal["RGB", "L"] = pydantic.Field(description="L for grayscale inputs, else RGB.")
+    sigma: float | None = pydantic.Field(
+        description="Noise level the model was given (pixel levels), the client's or estimated; "
+        "null for a blind model."
+    )
+    tiles: int = pydantic.Field(description="Model samples the image was cut into.")
+    image: PngImage = pydantic.Field(description="The denoised image, of the input's size.")
+
+
+class DenoisingRuntime(Runtime):
+    task = "denoising"
+
+    def __init__(self, name, version, model, manifest, *args, **kwargs) -> None:
+        check_inputs(model, manifest)
+        super().__init__(name, version, model, manifest, *args, **kwargs)
+        self.spec = manifest.denoising
+        self.mean = np.asarray(manifest.input.mean, np.float32)
+        self.std = np.asarray(manifest.input.std, np.float32)
+        self.sample_dtype = (
+            np.dtype([("tile", np.uint8, self.sample_shape), ("sigma", np.float32)])
+            if self.spec.sigma_input
+            else None
+        )
+
+    def blank_samples(self, size: int) -> np.ndarray:
+        if self.sample_dtype is not None:
+            return np.zeros(size, self.sample_dtype)
+        return np.zeros((size, *self.sample_shape), np.uint8)
+
+    def given_sigma(self, sigma: float | None) -> float | None:
+        if sigma is None:
+            return None
+        if not self.spec.sigma_input:
+            raise BadRequest(
+                f"model {self.name!r} is blind: it estimates the noise level itself and "
+                "takes no sigma"
+            )
+        if not 0 <= sigma <= MAX_SIGMA:  # NaN fails this too
+            raise BadRequest(f"sigma must be between 0 and {MAX_SIGMA:g} pixel levels, got {sigma}")
+        return sigma
+
+    def preprocess(self, request: DenoiseRequest) -> Prepared:
+        sigma = self.given_sigma(request.sigma)
+        image = imaging.decode_image(request.image, self.max_image_pixels)
+        mode = "L" if image.mode in GRAY_MODES else "RGB"
+        pixels = np.asarray(imaging.to_mode(image, 1 if mode == "L" else 3))
+        if self.spec.sigma_input and sigma is None:
+            low, high = self.spec.sigma_range
+            sigma = float(np.clip(estimate_sigma(pixels), low, high))
+        planes = _planes(pixels, self.manifest.input.channels)
+        grid = self.tile_grid(planes)
+        samples = self.blank_samples(grid.num_tiles)
+        tiling.cut_tiles(planes, grid, self._tiles(samples))
+        if sigma is not None:
+            samples["sigma"] = sigma
+        return Prepared(samples, Tiled(grid, mode, sigma))
+
+    def tile_grid(self, planes: np.ndarray) -> tiling.TileGrid:
+        """The tiles ``planes`` are cut into (413 if more than the model's queue holds)."""
+        spec = self.manifest.input
+        num_planes, height, width = planes.shape[:3]
+        grid = tiling.TileGrid(height, width, num_planes, spec.height, spec.width, self.spec.margin)
+        if grid.num_tiles > self.batching.max_queue:
+            raise PayloadTooLarge(
+                f"a {width}x{height} image is {grid.num_tiles} tiles for model {self.name!r}, "
+                f"which queues at most {self.batching.max_queue}"
+            )
+        return grid
+
+    def _tiles(self, samples: np.ndarray) -> np.ndarray:
+        return samples if self.sample_dtype is None else samples["tile"]
+
+    def predict_batch(self, samples: np.ndarray) -> np.ndarray:
+        """The denoised centres of a batch of tiles, as uint8 pixels."""
+        pixels = self._tiles(samples).astype(np.float32)
+        pixels -= self.mean
+        pixels /= self.std
+        inputs = pixels
+        if self.sample_dtype is not None:
+            noise_map = np.empty((*pixels.shape[:3], 1), np.float32)
+            noise_map[...] = samples["sigma"][:, None, None, None] / MAX_SIGMA
+            inputs = [pixels, noise_map]
+        denoised = np.asarray(self.model.predict_on_batch(inputs))
+        # Tiles all have one shape, so a wrong model fails here at warm-up, never later.
+        if denoised.shape != pixels.shape:
+            raise ValueError(
+                f"the model turned tiles of shape {pixels.shape[1:]} into {denoised.shape[1:]}; "
+                "a denoiser's output must have its input's shape"
+            )
+        margin = self.spec.margin
+        centres = denoised[:, margin : pixels.shape[1] - margin, margin : pixels.shape[2] - margin]
+        levels = centres * self.std
+        levels += self.mean
+        return np.clip(np.rint(levels, out=levels), 0, 255, out=levels).astype(np.uint8)
+
+    def postprocess(
+        self, outputs: np.ndarray, request: DenoiseRequest, tiled: Tiled
+    ) -> DenoiseResponse | bytes:
+        if tiled.mode == "L" and outputs.shape[-1] == 3:
+            # The rounded mean of the three channels: exact for equal ones.
+            outputs = ((outputs.sum(axis=-1, dtype=np.uint16) + 1) // 3).astype(np.uint8)[..., None]
+        image = _as_image(tiling.stitch_tiles(outputs, tiled.grid), tiled.mode)
+        if request.png_only:
+            return imaging.encode_png(image)
+        return DenoiseResponse(
+            model=self.name,
+            version=self.version,
+            width=image.width,
+            height=image.height,
+            mode=tiled.mode,
+            sigma=None if tiled.sigma is None else round(tiled.sigma, 3),
+            tiles=tiled.grid.num_tiles,
+            image=PngImage.of(image),
+        )
+
+
+def check_inputs(model, manifest) -> None:
+    """Refuse, at load, a model whose inputs do not match its manifest (ValueError)."""
+    spec = manifest.input
+    wanted = ["image", "noise_map"] if manifest.denoising.sigma_input else ["image"]
+    if len(model.inputs) != len(wanted):
+        raise ValueError(
+            f"the manifest says sigma_input={manifest.denoising.sigma_input}, so the model "
+            f"needs the inputs {wanted}, but it has {len(model.inputs)}"
+        )
+    if model.inputs[0].shape[-1] != spec.channels:
+        raise ValueError(
+            f"the model's image input has {model.inputs[0].shape[-1]} channels, "
+            f"the manifest says {spec.channels}"
+        )
+
+
+def estimate_sigma(pixels: np.ndarray) -> float:
+    """Gaussian noise level of a uint8 image, in pixel levels: Donoho's MAD estimate.
+
+    sigma = median(|HH|) / 0.6745, where HH = (a - b - c + d) / 2 over each 2x2 block
+    is the finest diagonal Haar detail, which holds little besides noise. A colour
+    image pools the detail of its three channels: a gray conversion would average
+    their noise down to about two thirds.
+    """
+    height, width = pixels.shape[:2]
+    even = pixels[: height - height % 2, : width - width % 2]
+    if even.size == 0:
+        return 0.0
+    a, b, c, d = (even[row::2, col::2].astype(np.int16) for row in (0, 1) for col in (0, 1))
+    return float(np.median(np.abs(a - b - c + d))) / 2 / MAD_TO_SIGMA
+
+
+def _as_image(pixels: np.ndarray, mode: str) -> Image.Image:
+    """(height, width, 1 or 3) uint8 as an L or RGB image (an RGB one is Pillow's own copy)."""
+    return Image.fromarray(pixels[:, :, 0] if mode == "L" else pixels, mode)
+
+
+def _planes(pixels: np.ndarray, channels: int) -> np.ndarray:
+    """The images to tile, (planes, height, width, 1 or 3), views of ``pixels``."""
+    if pixels.ndim == 2:
+        return pixels[np.newaxis, :, :, np.newaxis]
+    if channels == 1:  # colour through a gray model: each channel is a plane
+        return pixels.transpose(2, 0, 1)[:, :, :, np.newaxis]
+    return pixels[np.newaxis]
