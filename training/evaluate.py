@@ -1,4 +1,4 @@
-"""Task metrics: classification and segmentation (numpy), captioning (BLEU, nltk)."""
+"""Task metrics: classification, segmentation, captioning (BLEU) and denoising (PSNR, SSIM)."""
 
 from __future__ import annotations
 
@@ -75,3 +75,23 @@ def bleu_scores(references: list[list[list[str]]], hypotheses: list[list[str]]) 
     weights = [(1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25)]
     scores = bleu_score.corpus_bleu(references, hypotheses, weights=weights)
     return {f"bleu_{n}": float(score) for n, score in enumerate(scores, start=1)}
+
+
+def image_quality(clean: np.ndarray, denoised: np.ndarray) -> dict[str, float]:
+    """PSNR (dB) and SSIM of an image in [0, 1] against its clean original.
+
+    SSIM is scikit-image's (7x7 window, per channel, averaged); the denoised image
+    is clipped to [0, 1] first, as any image file would be.
+    """
+    import skimage.metrics
+
+    denoised = np.clip(denoised, 0.0, 1.0)
+    channel_axis = -1 if clean.ndim == 3 else None
+    return {
+        "psnr": float(skimage.metrics.peak_signal_noise_ratio(clean, denoised, data_range=1.0)),
+        "ssim": float(
+            skimage.metrics.structural_similarity(
+                clean, denoised, data_range=1.0, channel_axis=channel_axis
+            )
+        ),
+    }

@@ -146,3 +146,47 @@ def make_caption_dataset(
     )
     dataset = dataset.map(cut, num_parallel_calls=AUTOTUNE).map(gather, num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)
+
+
+def make_denoising_dataset(
+    patches: np.ndarray,
+    sigma_range: tuple[float, float],
+    batch_size: int,
+    gray_fraction: float = 0.0,
+    noise_map: bool = False,
+    seed: int = 1337,
+) -> tf.data.Dataset:
+    """Endless batches of (noisy, clean) patches in [0, 1] from uint8 ``patches``.
+
+    Each patch is flipped and rotated at random (the 8 symmetries of a square),
+    and gets Gaussian noise of its own sigma, drawn uniformly from ``sigma_range``
+    (pixel levels): one model learns every level (a blind denoiser). With
+    ``gray_fraction``, that share of RGB patches turns gray with one noise plane in
+    all three channels, which is what a gray upload looks like to an RGB model.
+    With ``noise_map`` the input is (noisy, a sigma / 255 map), FFDNet-style.
+    """
+    low, high = (value / 255.0 for value in sigma_range)
+    channels = patches.shape[-1]
+
+    def corrupt(patch):
+        clean = tf.image.rot90(
+            tf.cast(patch, tf.float32) / 255.0, tf.random.uniform((), 0, 4, tf.int32)
+        )
+        clean = tf.image.random_flip_left_right(clean)
+        noise = tf.random.normal(tf.shape(clean))
+        if channels == 3 and gray_fraction > 0:
+            gray = tf.random.uniform(()) < gray_fraction
+            luma = tf.repeat(tf.image.rgb_to_grayscale(clean), 3, axis=-1)
+            clean = tf.where(gray, luma, clean)
+            noise = tf.where(gray, tf.repeat(noise[..., :1], 3, axis=-1), noise)
+        sigma = tf.random.uniform((), low, high)
+        noisy = clean + sigma * noise
+        if noise_map:
+            return (noisy, tf.fill(tf.concat([tf.shape(clean)[:2], [1]], 0), sigma)), clean
+        return noisy, clean
+
+    tf.random.set_seed(seed)
+    dataset = tf.data.Dataset.from_tensor_slices(patches)
+    dataset = dataset.shuffle(len(patches), seed=seed, reshuffle_each_iteration=True).repeat()
+    dataset = dataset.map(corrupt, num_parallel_calls=AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)

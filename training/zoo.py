@@ -62,6 +62,15 @@ ZOO = {
                      "--batch-size", "128", "--learning-rate", "3e-3", "--patience", "4"],
         },
     ),
+    "denoiser": (
+        "training.denoiser",
+        {
+            "fast": ["--arch", "unet", "--channels", "16", "--epochs", "8", "--steps-per-epoch",
+                     "100", "--batch-size", "16", "--no-baselines"],
+            "full": ["--arch", "unet", "--channels", "32", "--epochs", "18", "--steps-per-epoch",
+                     "250", "--batch-size", "16"],
+        },
+    ),
 }  # fmt: skip
 
 
