@@ -158,13 +158,13 @@ def denoise(model: keras.Model, noisy: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def compare_methods(model: keras.Model, args: argparse.Namespace) -> tuple[dict, dict]:
-    """PSNR/SSIM per sigma and method, means over the test photos; and seconds per
-    megapixel per method. Also every method's output for the first test photo at
+    """PSNR/SSIM per sigma and method, means over the test photos; seconds per
+    megapixel per method; and every method's output for the first test photo at
     sigma 25, for the figure."""
     cache = classical_denoisers.BaselineCache(args.baseline_cache)
     test = {name: photo / 255.0 for name, photo in photos.load("test").items()}
     ((val_name, val_photo),) = photos.load("val").items()
-    table, seconds, samples = {}, collections.Counter(), {}
+    table, timing = {}, {}
     for sigma in EVAL_SIGMAS:
         val_clean = val_photo / 255.0
         val_noisy = add_noise(val_clean, sigma, [args.seed, sigma, 0])
@@ -180,9 +180,8 @@ def compare_methods(model: keras.Model, args: argparse.Namespace) -> tuple[dict,
             key = [name, sigma, args.seed]
             for method, result in run_methods(model, chosen, clean, noisy, sigma, cache, key):
                 rows[method].append(result)
-                seconds[method] += result["seconds"]
             if sigma == 25 and index == 1:
-                samples = sample_outputs(model, chosen, clean, noisy, sigma)
+                timing = time_methods(model, chosen, clean, noisy, sigma)
         table[sigma] = {
             method: {
                 "psnr": round(float(np.mean([r["psnr"] for r in results])), 3),
@@ -191,37 +190,46 @@ def compare_methods(model: keras.Model, args: argparse.Namespace) -> tuple[dict,
             }
             for method, results in rows.items()
         }
-    megapixels = sum(photo.shape[0] * photo.shape[1] for photo in test.values()) / 1e6
+    first = next(iter(test))
+    megapixels = test[first].shape[0] * test[first].shape[1] / 1e6
     per_megapixel = {
-        method: round(value / (megapixels * len(EVAL_SIGMAS)), 3)
-        for method, value in seconds.items()
+        method: round(seconds / megapixels, 3)
+        for method, (_, seconds) in timing.items()
+        if method in table[EVAL_SIGMAS[0]]
     }
-    return {"psnr_ssim": table, "seconds_per_megapixel": per_megapixel}, samples
+    report = {
+        "psnr_ssim": table,
+        "seconds_per_megapixel": per_megapixel,
+        "timed_on": f"{first}, sigma 25",
+    }
+    return report, {method: image for method, (image, _) in timing.items()}
 
 
 def run_methods(model, chosen: dict, clean, noisy, sigma: float, cache, key: list):
-    """(method, {psnr, ssim, seconds}) for the noisy input, each classical method and the model."""
-    yield "noisy", {**evaluate.image_quality(clean, noisy), "seconds": 0.0}
+    """(method, {psnr, ssim}) for the noisy input, each classical method and the model."""
+    yield "noisy", evaluate.image_quality(clean, noisy)
     for method, parameter in chosen.items():
         run = functools.partial(
             classical_denoisers.measure, method, parameter, clean, noisy, sigma / 255.0
         )
         yield method, cache.get_or_run(["test", method, parameter, *key], run)
+    yield "model", evaluate.image_quality(clean, denoise(model, noisy, sigma))
+
+
+def time_methods(model, chosen: dict, clean, noisy, sigma: float) -> dict[str, tuple]:
+    """(output, seconds) of every method on one photo, timed in this run (the cache
+    keeps neither images nor times from another run); also the clean and noisy photo."""
+    outputs = {"clean": (clean, 0.0), f"noisy (sigma {sigma})": (noisy, 0.0)}
+    for method, parameter in chosen.items():
+        function, _ = classical_denoisers.METHODS[method]
+        started = time.perf_counter()
+        denoised = function(noisy, sigma / 255.0, parameter)
+        outputs[method] = (denoised, time.perf_counter() - started)
     denoise(model, noisy, sigma)  # warm-up: the first call at a new size traces
     started = time.perf_counter()
     denoised = denoise(model, noisy, sigma)
-    seconds = time.perf_counter() - started
-    yield "model", {**evaluate.image_quality(clean, denoised), "seconds": seconds}
-
-
-def sample_outputs(model, chosen: dict, clean, noisy, sigma: float) -> dict[str, np.ndarray]:
-    """Every method's output for one photo (the cache keeps no images, so they run again)."""
-    samples = {"clean": clean, f"noisy (sigma {sigma})": noisy}
-    for method, parameter in chosen.items():
-        function, _ = classical_denoisers.METHODS[method]
-        samples[method] = function(noisy, sigma / 255.0, parameter)
-    samples["model"] = denoise(model, noisy, sigma)
-    return samples
+    outputs["model"] = (denoised, time.perf_counter() - started)
+    return outputs
 
 
 # -- main --------------------------------------------------------------------------------
@@ -358,8 +366,8 @@ def print_summary(path: Path, report: dict, elapsed: float) -> None:
         cells = "".join(
             f"{table[s][method]['psnr']:6.2f} {table[s][method]['ssim']:.3f}  " for s in table
         )
-        per_mp = report["seconds_per_megapixel"][method]
-        print(f"{method:24}{cells}{per_mp:8.3f} s/MP")
+        per_mp = report["seconds_per_megapixel"].get(method)
+        print(f"{method:24}{cells}" + (f"{per_mp:8.3f} s/MP" if per_mp is not None else ""))
     print(f"took       {elapsed / 60:.1f} min; curves and samples beside the model")
     print("=" * 78)
 

@@ -124,14 +124,17 @@ def denoising_samples(images: dict[str, np.ndarray], path: Path, crop: int = 192
     side by side (images in [0, 1]), each titled with its PSNR against the clean one."""
     clean = images["clean"]
     top, left = max(0, (clean.shape[0] - crop) // 3), max(0, (clean.shape[1] - crop) // 2)
-    figure, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.6), squeeze=False)
-    for axis, (name, image) in zip(axes[0], images.items(), strict=True):
+    columns = min(4, len(images))
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.set_axis_off()
+    for axis, (name, image) in zip(axes.ravel(), images.items(), strict=False):
         image = np.clip(image, 0.0, 1.0)
         error = np.mean((image - clean) ** 2)
         title = name if name == "clean" else f"{name}\n{-10 * np.log10(max(error, 1e-10)):.2f} dB"
         axis.imshow(image[top : top + crop, left : left + crop], cmap="gray", vmin=0, vmax=1)
         axis.set_title(title, fontsize=9)
-        axis.set_axis_off()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
