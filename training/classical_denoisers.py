@@ -81,10 +81,10 @@ METHODS: dict[str, tuple[Callable, list]] = {
         wavelet,
         [(name, ycbcr) for name in ("db1", "db2", "sym4", "sym8") for ycbcr in (True, False)],
     ),
-    "TV (Chambolle)": (total_variation, [0.4, 0.55, 0.7, 0.85, 1.0, 1.3, 1.7, 2.2]),
+    "TV (Chambolle)": (total_variation, [0.4, 0.55, 0.7, 0.85, 1.0, 1.3, 1.7, 2.2, 2.8, 3.5, 4.5]),
     "NL-means": (
         nl_means,
-        [(h, size) for h in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0) for size in (5, 7)],
+        [(h, size) for h in (0.25, 0.35, 0.45, 0.55, 0.7, 0.85, 1.0) for size in (5, 7)],
     ),
     "BM3D": (bm3d, [None]),
 }

@@ -237,6 +237,11 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
     started = time.perf_counter()
+    if args.evaluate:
+        model = keras.saving.load_model(model_file(args.evaluate), compile=False, safe_mode=True)
+        report, _ = compare_methods(model, args)
+        print_summary(args.evaluate, report, time.perf_counter() - started)
+        return args.evaluate
     if args.init:
         model = keras.saving.load_model(model_file(args.init), compile=False, safe_mode=True)
         channels, args.noise_map = model.inputs[0].shape[-1], len(model.inputs) > 1
@@ -359,7 +364,7 @@ def model_file(path: Path) -> Path:
 
 def print_summary(path: Path, report: dict, elapsed: float) -> None:
     print("\n" + "=" * 78)
-    print(f"published  {path}")
+    print(f"model      {path}")
     table = report["psnr_ssim"]
     print(f"{'PSNR dB / SSIM':24}" + "".join(f"sigma {s:<10}" for s in table))
     for method in table[EVAL_SIGMAS[0]]:
@@ -396,6 +401,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--noise-map", action="store_true", help="non-blind: the model takes sigma")
     parser.add_argument(
         "--init", type=Path, help="a published version (folder or .keras) to fine-tune"
+    )
+    parser.add_argument(
+        "--evaluate", type=Path, help="only compare a published version with the classical methods"
     )
     parser.add_argument("--patch-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=20)

@@ -142,6 +142,9 @@ def test_script_trains_publishes_fine_tunes_and_the_service_serves_it(tmp_path):
     for artifact in ("learning_curves.png", "test_samples.png", "history.csv"):
         assert (first / artifact).stat().st_size > 0
 
+    assert denoiser.main(["--evaluate", str(first), "--no-baselines"]) == first
+    assert kerve_manifest.list_versions(out) == [1]  # evaluating publishes nothing
+
     second = denoiser.main(["--init", str(first), "--sigma", "40-60", *common])
     tuned = kerve_manifest.read_manifest(second)
     assert second.name == "2" and tuned.provenance["init"] == str(first)
