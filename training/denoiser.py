@@ -164,9 +164,9 @@ def compare_methods(model: keras.Model, args: argparse.Namespace) -> tuple[dict,
     cache = classical_denoisers.BaselineCache(args.baseline_cache)
     test = {name: photo / 255.0 for name, photo in photos.load("test").items()}
     ((val_name, val_photo),) = photos.load("val").items()
+    val_clean = val_photo / 255.0
     table, timing = {}, {}
     for sigma in EVAL_SIGMAS:
-        val_clean = val_photo / 255.0
         val_noisy = add_noise(val_clean, sigma, [args.seed, sigma, 0])
         chosen = {
             method: classical_denoisers.tune(

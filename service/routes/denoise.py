@@ -6,16 +6,15 @@ from typing import Annotated
 
 import fastapi
 
-from service.errors import BadRequest
 from service.routes.params import (
     ModelName,
     Version,
-    get_app_settings,
+    png_or_json,
     resolve_runtime,
     unless_disconnected,
     wants_png,
 )
-from service.routes.uploads import IMAGE_REQUEST_BODY, read_images
+from service.routes.uploads import IMAGE_REQUEST_BODY, read_one_image
 from service.runtimes.denoising import DenoiseRequest, DenoiseResponse
 
 router = fastapi.APIRouter(tags=["denoising"])
@@ -38,18 +37,13 @@ PNG_RESPONSE = {
 async def _denoise(
     request: fastapi.Request, name: str | None, version: str | None, sigma: float | None
 ) -> DenoiseResponse | fastapi.Response:
-    settings = get_app_settings(request)
-    images = await read_images(request, settings.max_images_per_request)
-    if len(images) > 1:
-        raise BadRequest(f"denoising takes one image per request, got {len(images)}")
+    image = await read_one_image(request, "denoising")
     runtime = resolve_runtime(request, "denoising", name, version)
     png_only = wants_png(request)
     result = await unless_disconnected(
-        request, runtime.infer(DenoiseRequest(image=images[0], sigma=sigma, png_only=png_only))
+        request, runtime.infer(DenoiseRequest(image=image, sigma=sigma, png_only=png_only))
     )
-    if png_only:
-        return fastapi.Response(result, media_type="image/png")
-    return result
+    return png_or_json(result, png_only)
 
 
 @router.post("/v1/denoise", openapi_extra=IMAGE_REQUEST_BODY, responses=PNG_RESPONSE)

@@ -54,6 +54,11 @@ def wants_png(request: fastapi.Request) -> bool:
     )
 
 
+def png_or_json(result, png_only: bool):
+    """A runtime's PNG bytes as an image/png response, or its JSON model unchanged."""
+    return fastapi.Response(result, media_type="image/png") if png_only else result
+
+
 def _position(accepted: list[str], media_type: str) -> int:
     return accepted.index(media_type) if media_type in accepted else len(accepted)
 

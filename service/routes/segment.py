@@ -6,16 +6,15 @@ from typing import Annotated
 
 import fastapi
 
-from service.errors import BadRequest
 from service.routes.params import (
     ModelName,
     Version,
-    get_app_settings,
+    png_or_json,
     resolve_runtime,
     unless_disconnected,
     wants_png,
 )
-from service.routes.uploads import IMAGE_REQUEST_BODY, read_images
+from service.routes.uploads import IMAGE_REQUEST_BODY, read_one_image
 from service.runtimes.segmentation import SegmentRequest, SegmentResponse
 
 router = fastapi.APIRouter(tags=["segmentation"])
@@ -34,19 +33,13 @@ PNG_RESPONSE = {
 async def _segment(
     request: fastapi.Request, name: str | None, version: str | None, overlay: bool
 ) -> SegmentResponse | fastapi.Response:
-    settings = get_app_settings(request)
-    images = await read_images(request, settings.max_images_per_request)
-    if len(images) > 1:
-        raise BadRequest(f"segmentation takes one image per request, got {len(images)}")
+    image = await read_one_image(request, "segmentation")
     runtime = resolve_runtime(request, "segmentation", name, version)
     mask_only = wants_png(request)
     result = await unless_disconnected(
-        request,
-        runtime.infer(SegmentRequest(image=images[0], overlay=overlay, mask_only=mask_only)),
+        request, runtime.infer(SegmentRequest(image=image, overlay=overlay, mask_only=mask_only))
     )
-    if mask_only:
-        return fastapi.Response(result, media_type="image/png")
-    return result
+    return png_or_json(result, mask_only)
 
 
 @router.post("/v1/segment", openapi_extra=IMAGE_REQUEST_BODY, responses=PNG_RESPONSE)

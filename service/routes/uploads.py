@@ -10,6 +10,7 @@ import pydantic
 from fastapi.exceptions import RequestValidationError
 
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.routes.params import get_app_settings
 
 RAW_IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "application/octet-stream"}
@@ -78,6 +79,14 @@ async def read_images(request: fastapi.Request, max_images: int) -> list[bytes]:
     if not images or not any(images):
         raise BadRequest("the request carries no image")
     return images
+
+
+async def read_one_image(request: fastapi.Request, task: str) -> bytes:
+    """The request's single image; 400 if it holds several (``task`` names the route's work)."""
+    images = await read_images(request, get_app_settings(request).max_images_per_request)
+    if len(images) > 1:
+        raise BadRequest(f"{task} takes one image per request, got {len(images)}")
+    return images[0]
 
 
 async def _read_form(request: fastapi.Request, max_images: int) -> list[bytes]:
