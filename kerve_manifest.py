@@ -117,6 +117,19 @@ class DenoisingSpec(pydantic.BaseModel):
         return self
 
 
+class GenerationSpec(pydantic.BaseModel):
+    """How a class-conditional generator is served.
+
+    The model takes ``[latent float32 (batch, latent_dim), label int32 (batch, 1)]``
+    and returns images shaped as ``input`` says (the images it learned to make, its
+    discriminator's input), scaled the same way: pixel = output * std + mean.
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    latent_dim: int = pydantic.Field(gt=0, le=4096)
+
+
 class Manifest(pydantic.BaseModel):
     """What the service needs to know to serve one model version."""
 
@@ -131,18 +144,21 @@ class Manifest(pydantic.BaseModel):
     batching: BatchingSpec = BatchingSpec()
     text: TextSpec | None = None  # captioning: the decoder's vocabulary
     denoising: DenoisingSpec | None = None  # denoising: tiling and noise levels
+    generation: GenerationSpec | None = None  # generation: the latent space
     description: str = ""
     metrics: dict[str, Any] = {}  # test metrics measured by the training run
     provenance: dict[str, Any] = {}  # script, arguments, data, time, git commit
 
     @pydantic.model_validator(mode="after")
     def _labels_for_classes(self) -> Manifest:
-        if self.task in ("classification", "segmentation") and len(self.labels) < 2:
+        if self.task in ("classification", "segmentation", "generation") and len(self.labels) < 2:
             raise ValueError(f"a {self.task} manifest needs at least two labels")
         if (self.task == "captioning") != (self.text is not None):
             raise ValueError("a captioning manifest, and only one, has a text section")
         if (self.task == "denoising") != (self.denoising is not None):
             raise ValueError("a denoising manifest, and only one, has a denoising section")
+        if (self.task == "generation") != (self.generation is not None):
+            raise ValueError("a generation manifest, and only one, has a generation section")
         if self.denoising is not None:
             tile = min(self.input.height, self.input.width)
             if 2 * self.denoising.margin >= tile:

@@ -18,7 +18,7 @@ from service.errors import ServiceError
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.repository import ModelRepository
-from service.routes import caption, classify, denoise, health, models, segment
+from service.routes import caption, classify, denoise, generate, health, models, segment
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,13 @@ def create_app(settings: Settings | None = None) -> fastapi.FastAPI:
     )
     for exception_type, handler in EXCEPTION_HANDLERS.items():
         app.add_exception_handler(exception_type, handler)
-    task_routers = (classify.router, segment.router, caption.router, denoise.router)
+    task_routers = (
+        classify.router,
+        segment.router,
+        caption.router,
+        denoise.router,
+        generate.router,
+    )
     for router in (*task_routers, models.router, health.router):
         app.include_router(router)
     _add_offline_docs(app)

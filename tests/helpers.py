@@ -260,3 +260,67 @@ def publish_denoiser(
     if model is None:
         model = build_identity_denoiser(manifest.input.channels)
     return export.publish(model, manifest, repository, name)
+
+
+GENERATOR_LABELS = ["circle", "square", "cross", "ring"]
+GENERATOR_SIZE = 12
+LATENT_DIM = 8
+
+
+def build_tiny_generator(
+    channels: int = 1,
+    size: int = GENERATOR_SIZE,
+    latent_dim: int = LATENT_DIM,
+    num_classes: int = len(GENERATOR_LABELS),
+    seed: int = 3,
+) -> keras.Model:
+    """A tiny real class-conditional generator following the service's contract.
+
+    [latent (batch, latent_dim), label int32 (batch, 1)] -> tanh images (batch, size,
+    size, channels): the label's embedding joins the latent, a Dense layer makes a
+    (size/2)² map that a strided Conv2DTranspose doubles. Weights come from ``seed``.
+    """
+    latent = keras.Input((latent_dim,), name="latent")
+    label = keras.Input((1,), dtype="int32", name="label")
+    embedded = keras.layers.Flatten()(keras.layers.Embedding(num_classes, latent_dim)(label))
+    features = keras.layers.Dense((size // 2) ** 2 * 4, activation="relu")(
+        keras.layers.Concatenate()([latent, embedded])
+    )
+    grid = keras.layers.Reshape((size // 2, size // 2, 4))(features)
+    upsample = keras.layers.Conv2DTranspose(channels, 3, strides=2, padding="same")
+    images = keras.layers.Activation("tanh")(upsample(grid))
+    model = keras.Model([latent, label], images, name="generator")
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        layer.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32)
+                           for w in layer.get_weights()])  # fmt: skip
+    return model
+
+
+def generation_manifest(
+    size: int = GENERATOR_SIZE,
+    channels: int = 1,
+    latent_dim: int = LATENT_DIM,
+    labels: list[str] | None = None,
+    **batching,
+) -> kerve_manifest.Manifest:
+    return kerve_manifest.Manifest(
+        task="generation",
+        input=kerve_manifest.InputSpec.scaled(size, size, channels, "symmetric"),
+        labels=labels or GENERATOR_LABELS,
+        generation=kerve_manifest.GenerationSpec(latent_dim=latent_dim),
+        batching=kerve_manifest.BatchingSpec(**batching),
+        description="test model: a tiny random conditional generator",
+    )
+
+
+def publish_generator(
+    repository: Path, name: str = "generator", model=None, **manifest_options
+) -> Path:
+    manifest = generation_manifest(**manifest_options)
+    if model is None:
+        model = build_tiny_generator(
+            manifest.input.channels, manifest.input.height, manifest.generation.latent_dim,
+            len(manifest.labels),
+        )  # fmt: skip
+    return export.publish(model, manifest, repository, name)

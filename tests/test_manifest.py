@@ -92,8 +92,32 @@ def test_denoising_section_only_for_denoising_and_margins_leave_a_centre():
     with pytest.raises(pydantic.ValidationError, match="denoising section"):
         Manifest(task="denoising", input=tile)
     with pytest.raises(pydantic.ValidationError, match="denoising section"):
-        Manifest(task="generation", input=tile, denoising=kerve_manifest.DenoisingSpec())
+        classification(labels=["a", "b"], denoising=kerve_manifest.DenoisingSpec())
     with pytest.raises(pydantic.ValidationError, match="no centre"):
         Manifest(task="denoising", input=tile, denoising=kerve_manifest.DenoisingSpec(margin=32))
     with pytest.raises(pydantic.ValidationError, match="sigma_range"):
         kerve_manifest.DenoisingSpec(sigma_range=(30, 10))
+
+
+def generation(**fields) -> Manifest:
+    return Manifest(task="generation", input=InputSpec.scaled(28, 28, 1, "symmetric"), **fields)
+
+
+def test_generation_manifest_round_trips_its_latent_space(tmp_path):
+    spec = kerve_manifest.GenerationSpec(latent_dim=64)
+    manifest = generation(labels=["a", "b"], generation=spec)
+    kerve_manifest.write_manifest(tmp_path, manifest)
+    read = kerve_manifest.read_manifest(tmp_path)
+    assert read == manifest and read.generation.latent_dim == 64
+
+
+def test_generation_needs_its_section_two_labels_and_a_positive_latent_dim():
+    spec = kerve_manifest.GenerationSpec(latent_dim=16)
+    with pytest.raises(pydantic.ValidationError, match="generation section"):
+        generation(labels=["a", "b"])
+    with pytest.raises(pydantic.ValidationError, match="generation section"):
+        classification(labels=["a", "b"], generation=spec)
+    with pytest.raises(pydantic.ValidationError, match="two labels"):
+        generation(labels=["a"], generation=spec)
+    with pytest.raises(pydantic.ValidationError, match="latent_dim"):
+        kerve_manifest.GenerationSpec(latent_dim=0)

@@ -23,7 +23,12 @@ class VersionInfo(pydantic.BaseModel):
     task: str | None = None
     input: dict[str, Any] | None = None
     batching: dict[str, Any] | None = None
-    labels: list[str] | None = None
+    labels: list[str] | None = pydantic.Field(
+        default=None, description="In the listing too for a generator: what it can be asked for."
+    )
+    generation: dict[str, Any] | None = pydantic.Field(
+        default=None, description="A generator's latent space (latent_dim)."
+    )
     metrics: dict[str, Any] | None = None
     provenance: dict[str, Any] | None = None
 
@@ -47,8 +52,11 @@ def _version_info(entry: ModelVersion, detailed: bool) -> VersionInfo:
         info.task = runtime.task
         info.input = runtime.manifest.input.model_dump()
         info.batching = {**vars(runtime.batching), "batch_sizes": runtime.batching.batch_sizes}
-        if detailed:
+        if runtime.manifest.generation is not None:
+            info.generation = runtime.manifest.generation.model_dump()
+        if detailed or runtime.task == "generation":
             info.labels = runtime.manifest.labels
+        if detailed:
             info.metrics = runtime.manifest.metrics
             info.provenance = runtime.manifest.provenance
     return info

@@ -6,9 +6,16 @@ from service.runtimes.base import Runtime
 from service.runtimes.captioning import CaptioningRuntime
 from service.runtimes.classification import ClassificationRuntime
 from service.runtimes.denoising import DenoisingRuntime
+from service.runtimes.generation import GenerationRuntime
 from service.runtimes.segmentation import SegmentationRuntime
 
 RUNTIMES: dict[str, type[Runtime]] = {
     runtime.task: runtime
-    for runtime in (ClassificationRuntime, SegmentationRuntime, CaptioningRuntime, DenoisingRuntime)
+    for runtime in (
+        ClassificationRuntime,
+        SegmentationRuntime,
+        CaptioningRuntime,
+        DenoisingRuntime,
+        GenerationRuntime,
+    )
 }

@@ -1,0 +1,198 @@
+"""Generation: a class label, a count and a seed in; that many generated images out (PNG).
+
+The model takes ``[latent float32 (batch, latent_dim), label int32 (batch, 1)]`` and
+returns images of ``manifest.input``'s shape and scaling (kerve_manifest.GenerationSpec).
+Each image is one sample, a structured row (latent, label), so the images of
+concurrent requests share batches whatever their labels. Image i of a request with
+seed s comes from seed s + i alone (``latent_vector``): a request for 8 images from
+seed 100 returns the images of 8 requests for one from seeds 100 to 107, however
+the batches fall.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+from typing import Literal
+
+import numpy as np
+import pydantic
+from PIL import Image
+
+from service import imaging
+from service.errors import BadRequest, PayloadTooLarge
+from service.runtimes.base import PngImage, Prepared, Runtime
+
+MAX_COUNT = 64  # images per request
+MAX_SEED = 2**63 - 1 - MAX_COUNT  # every image's seed s + i still fits an int64
+MIN_TRUNCATION, MAX_TRUNCATION = 0.1, 4.0  # below 0.1 resampling takes many rounds
+RANDOM_SEEDS = 2**31  # a seed drawn for the client is below this: short to type back
+GRID_GAP = 2  # pixels of background (0) between the images of a PNG grid
+LABELS_LISTED = 20  # known labels an error message lists before "..."
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateRequest:
+    label: str | int | bool  # a name from manifest.labels or an index; a bool is refused
+    count: int = 1
+    seed: int | None = None  # None: drawn at random and reported
+    truncation: float | None = None  # resample latent values beyond +-truncation
+    png_only: bool = False  # respond with one PNG grid of the images instead of JSON
+
+
+@dataclasses.dataclass(frozen=True)
+class PngGrid:
+    """The images as one PNG grid (``Accept: image/png``), with the seed that made them."""
+
+    png: bytes
+    seed: int
+
+
+class GeneratedImage(PngImage):
+    seed: int = pydantic.Field(description="Makes this image alone: the request's seed + i.")
+
+
+class GenerateResponse(pydantic.BaseModel):
+    model: str
+    version: int
+    label: str = pydantic.Field(description="The class the images show, as in the model's labels.")
+    label_index: int = pydantic.Field(description="Its index into the model's labels.")
+    seed: int = pydantic.Field(description="The request's seed, the client's or drawn at random.")
+    truncation: float | None = pydantic.Field(description="Latent truncation used, if any.")
+    width: int
+    height: int
+    mode: Literal["L", "RGB"] = pydantic.Field(description="L for a 1-channel model, else RGB.")
+    images: list[GeneratedImage] = pydantic.Field(description="Image i was made from seed + i.")
+
+
+class GenerationRuntime(Runtime):
+    task = "generation"
+
+    def __init__(self, name, version, model, manifest, *args, **kwargs) -> None:
+        check_inputs(model, manifest)
+        super().__init__(name, version, model, manifest, *args, **kwargs)
+        self.latent_dim = manifest.generation.latent_dim
+        self.mean = np.asarray(manifest.input.mean, np.float32)
+        self.std = np.asarray(manifest.input.std, np.float32)
+        self.sample_dtype = np.dtype(
+            [("latent", np.float32, (self.latent_dim,)), ("label", np.int32)]
+        )
+        self.mode = "L" if manifest.input.channels == 1 else "RGB"
+
+    def blank_samples(self, size: int) -> np.ndarray:
+        return np.zeros(size, self.sample_dtype)
+
+    def label_index(self, label: str | int | bool) -> int:
+        """The index of a label given by name (exact, else case-insensitive) or by index."""
+        labels = self.manifest.labels
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(labels):
+            return label
+        if isinstance(label, str):
+            if label in labels:
+                return labels.index(label)
+            folded = [i for i, known in enumerate(labels) if known.casefold() == label.casefold()]
+            if len(folded) == 1:
+                return folded[0]
+        listed = ", ".join(f"{i} {known!r}" for i, known in enumerate(labels[:LABELS_LISTED]))
+        more = f", ... ({len(labels)} in all)" if len(labels) > LABELS_LISTED else ""
+        raise BadRequest(
+            f"model {self.name!r} has no label {label!r:.60}; give a name or an index from 0 to "
+            f"{len(labels) - 1}: {listed}{more}"
+        )
+
+    def preprocess(self, request: GenerateRequest) -> Prepared:
+        if request.count > self.batching.max_queue:
+            raise PayloadTooLarge(
+                f"{request.count} images asked of model {self.name!r}, which queues at most "
+                f"{self.batching.max_queue}"
+            )
+        index = self.label_index(request.label)
+        seed = secrets.randbelow(RANDOM_SEEDS) if request.seed is None else request.seed
+        samples = self.blank_samples(request.count)
+        samples["label"] = index
+        for i in range(request.count):
+            samples["latent"][i] = latent_vector(seed + i, self.latent_dim, request.truncation)
+        return Prepared(samples, (index, seed))
+
+    def predict_batch(self, samples: np.ndarray) -> np.ndarray:
+        """A batch of (latent, label) rows made into uint8 images."""
+        outputs = np.asarray(
+            self.model.predict_on_batch([samples["latent"], samples["label"][:, np.newaxis]])
+        )
+        # Checked before scaling, which could broadcast one channel to three; every
+        # batch has this shape, so a wrong model fails at warm-up, never later.
+        if outputs.shape[1:] != self.sample_shape:
+            raise ValueError(
+                f"the model makes images of shape {outputs.shape[1:]}, the manifest's input "
+                f"says {self.sample_shape}"
+            )
+        pixels = outputs * self.std + self.mean
+        return np.clip(np.rint(pixels, out=pixels), 0, 255, out=pixels).astype(np.uint8)
+
+    def postprocess(
+        self, outputs: np.ndarray, request: GenerateRequest, context: tuple[int, int]
+    ) -> GenerateResponse | PngGrid:
+        index, seed = context
+        planes = outputs[..., 0] if self.mode == "L" else outputs
+        images = [Image.fromarray(pixels, self.mode) for pixels in planes]
+        if request.png_only:
+            return PngGrid(imaging.encode_png(grid_image(images)), seed)
+        return GenerateResponse(
+            model=self.name,
+            version=self.version,
+            label=self.manifest.labels[index],
+            label_index=index,
+            seed=seed,
+            truncation=request.truncation,
+            width=self.manifest.input.width,
+            height=self.manifest.input.height,
+            mode=self.mode,
+            images=[
+                GeneratedImage(seed=seed + i, b64=PngImage.of(image).b64)
+                for i, image in enumerate(images)
+            ],
+        )
+
+
+def check_inputs(model, manifest) -> None:
+    """Refuse, at load, a model whose inputs are not [latent, label] (ValueError)."""
+    latent_dim = manifest.generation.latent_dim
+    shapes = [tuple(tensor.shape[1:]) for tensor in model.inputs]
+    if shapes != [(latent_dim,), (1,)]:
+        raise ValueError(
+            f"a generator takes [latent (batch, {latent_dim}), label (batch, 1)] as the manifest "
+            f"says, but the model's inputs are shaped {[(None, *shape) for shape in shapes]}"
+        )
+
+
+def latent_vector(seed: int, latent_dim: int, truncation: float | None = None) -> np.ndarray:
+    """The latent of one image: standard normal float32 values from ``seed`` alone.
+
+    With ``truncation`` (BigGAN's trick) values beyond +-truncation are drawn again
+    from the same generator until inside: deterministic, and the values already
+    inside stay the ones the untruncated latent has.
+    """
+    if truncation is not None and not MIN_TRUNCATION <= truncation <= MAX_TRUNCATION:
+        raise ValueError(f"truncation must be {MIN_TRUNCATION} to {MAX_TRUNCATION}: {truncation}")
+    rng = np.random.default_rng(seed)
+    latent = rng.standard_normal(latent_dim, dtype=np.float32)
+    if truncation is not None:
+        outside = np.abs(latent) > truncation
+        while outside.any():
+            latent[outside] = rng.standard_normal(int(outside.sum()), dtype=np.float32)
+            outside = np.abs(latent) > truncation
+    return latent
+
+
+def grid_image(images: list[Image.Image]) -> Image.Image:
+    """The images in rows of ceil(sqrt(n)), in order, GRID_GAP background pixels apart."""
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    width, height = images[0].size
+    size = (columns * (width + GRID_GAP) - GRID_GAP, rows * (height + GRID_GAP) - GRID_GAP)
+    grid = Image.new(images[0].mode, size)  # filled with 0: black
+    for i, image in enumerate(images):
+        row, column = divmod(i, columns)
+        grid.paste(image, (column * (width + GRID_GAP), row * (height + GRID_GAP)))
+    return grid
