@@ -1,4 +1,5 @@
-"""Task metrics: classification, segmentation, captioning (BLEU) and denoising (PSNR, SSIM)."""
+"""Task metrics: classification, segmentation, captioning (BLEU), denoising (PSNR, SSIM)
+and generation (Fréchet distance)."""
 
 from __future__ import annotations
 
@@ -95,3 +96,23 @@ def image_quality(clean: np.ndarray, denoised: np.ndarray) -> dict[str, float]:
             )
         ),
     }
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of a feature set [n, d], what the Fréchet distance compares."""
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(statistics_a: tuple, statistics_b: tuple) -> float:
+    """Fréchet distance between two Gaussians (mean, covariance) fitted to feature sets
+    (Heusel et al. 2017): |mu_a - mu_b|² + Tr(S_a + S_b - 2 (S_a S_b)^½). With
+    Inception features this is FID; Kerve's generators use a fashion classifier's
+    (FID-F)."""
+    import scipy.linalg
+
+    (mean_a, cov_a), (mean_b, cov_b) = statistics_a, statistics_b
+    root = scipy.linalg.sqrtm(cov_a @ cov_b)
+    if np.iscomplexobj(root):  # round-off gives tiny imaginary parts
+        root = root.real
+    distance = np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2.0 * root)
+    return float(max(distance, 0.0))

@@ -138,3 +138,19 @@ def denoising_samples(images: dict[str, np.ndarray], path: Path, crop: int = 192
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def sample_grid(images: np.ndarray, class_names: list[str], path: Path) -> None:
+    """Generated uint8 images [n, h, w, c], n a multiple of the classes and grouped by
+    class, as one row per class labelled with its name."""
+    per_class = len(images) // len(class_names)
+    height, width, channels = images.shape[1:]
+    rows = images.reshape(len(class_names), per_class, height, width, channels)
+    mosaic = rows.transpose(0, 2, 1, 3, 4).reshape(len(class_names) * height, -1, channels)
+    figure, axis = plt.subplots(figsize=(0.5 * per_class + 1.4, 0.5 * len(class_names)))
+    axis.imshow(mosaic.squeeze(-1) if channels == 1 else mosaic, cmap="gray", vmin=0, vmax=255)
+    axis.set_yticks((np.arange(len(class_names)) + 0.5) * height, class_names, fontsize=8)
+    axis.set_xticks([])
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -71,6 +71,8 @@ ZOO = {
                      "250", "--batch-size", "16"],
         },
     ),
+    # after fashion-classifier: it judges the generator (FID-F, conditional accuracy)
+    "generator": ("training.gan", {"fast": ["--epochs", "1"], "full": ["--epochs", "16"]}),
 }  # fmt: skip
 
 

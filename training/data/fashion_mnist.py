@@ -17,6 +17,7 @@ LABELS = [
     "t-shirt/top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
 ]  # fmt: skip
+IMAGE_SIZE = 28
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
