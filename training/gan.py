@@ -85,7 +85,12 @@ def build_generator(latent_dim: int, num_classes: int, image_size: int, channels
 
 
 def build_discriminator(num_classes: int, image_size: int, channels: int, width: int):
-    """(image, label) -> realness logit: conv features, plus their projection on the class."""
+    """(image, label) -> (realness logit, class logits).
+
+    Realness is a linear score of the conv features plus their projection on the
+    class's embedding (Miyato & Koyama 2018); the class logits are an auxiliary
+    classifier (AC-GAN, Odena et al. 2017) that the generator learns to satisfy.
+    """
     image = keras.Input((image_size, image_size, channels), name="image")
     label = keras.Input((1,), dtype="int32", name="label")
     x = image
@@ -93,26 +98,33 @@ def build_discriminator(num_classes: int, image_size: int, channels: int, width:
         x = keras.layers.Conv2D(filters, 4, strides=2, padding="same")(x)
         x = keras.layers.LeakyReLU(0.2)(x)
     x = keras.layers.Conv2D(4 * width, 3, padding="same")(x)
-    features = keras.layers.GlobalAveragePooling2D()(keras.layers.LeakyReLU(0.2)(x))
+    features = keras.layers.Flatten()(keras.layers.LeakyReLU(0.2)(x))
     features = keras.layers.Dropout(0.3)(features)
-    class_vector = keras.layers.Flatten()(keras.layers.Embedding(num_classes, 4 * width)(label))
+    dim = features.shape[-1]
+    class_vector = keras.layers.Flatten()(keras.layers.Embedding(num_classes, dim)(label))
     projection = keras.layers.Dot(axes=1)([features, class_vector])
     logit = keras.layers.Add(name="logit")([keras.layers.Dense(1)(features), projection])
-    return keras.Model([image, label], logit, name="discriminator")
+    classes = keras.layers.Dense(num_classes, name="classes")(features)
+    return keras.Model([image, label], [logit, classes], name="discriminator")
 
 
 class ConditionalGAN(keras.Model):
     """One discriminator step, then one generator step, per batch of real images."""
 
-    def __init__(self, generator, discriminator, latent_dim: int, smoothing: float, seed: int):
+    def __init__(
+        self, generator, discriminator, latent_dim: int, smoothing: float, seed: int,
+        class_weight: float = 1.0,
+    ):  # fmt: skip
         super().__init__()
+        self.class_weight = class_weight  # of the auxiliary classification losses
         self.generator = generator
         self.discriminator = discriminator
         self.latent_dim = latent_dim
         self.real_target = 1.0 - smoothing  # one-sided label smoothing (Salimans et al. 2016)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.trackers = {
-            name: keras.metrics.Mean(name=name) for name in ("d_loss", "g_loss", "d_real", "d_fake")
+            name: keras.metrics.Mean(name=name)
+            for name in ("d_loss", "g_loss", "d_real", "d_fake", "d_class_loss")
         }
 
     def compile(self, d_optimizer, g_optimizer, jit_compile="auto") -> None:
@@ -128,21 +140,27 @@ class ConditionalGAN(keras.Model):
         images, labels = data
         batch_size = tf.shape(images)[0]
         bce = keras.losses.BinaryCrossentropy(from_logits=True)
+        cce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         latent = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
         fakes = self.generator([latent, labels], training=True)
         with tf.GradientTape() as tape:
-            real_logits = self.discriminator([images, labels], training=True)
-            fake_logits = self.discriminator([fakes, labels], training=True)
-            d_loss = bce(tf.fill(tf.shape(real_logits), self.real_target), real_logits) + bce(
-                tf.zeros_like(fake_logits), fake_logits
-            )
+            real_logits, real_classes = self.discriminator([images, labels], training=True)
+            fake_logits, _ = self.discriminator([fakes, labels], training=True)
+            real_loss = bce(tf.fill(tf.shape(real_logits), self.real_target), real_logits)
+            # The classifier learns from real images only, so it cannot ease the
+            # generator's task by learning its mistakes.
+            class_loss = cce(labels, real_classes)
+            d_loss = real_loss + bce(tf.zeros_like(fake_logits), fake_logits)
+            d_loss += self.class_weight * class_loss
         weights = self.discriminator.trainable_weights
         self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, weights), weights, strict=True))
 
         latent = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
         with tf.GradientTape() as tape:
-            logits = self.discriminator([self.generator([latent, labels], training=True), labels])
+            fakes = self.generator([latent, labels], training=True)
+            logits, classes = self.discriminator([fakes, labels])
             g_loss = bce(tf.ones_like(logits), logits)  # non-saturating generator loss
+            g_loss += self.class_weight * cce(labels, classes)
         weights = self.generator.trainable_weights
         self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, weights), weights, strict=True))
 
@@ -151,6 +169,7 @@ class ConditionalGAN(keras.Model):
             ("g_loss", g_loss),
             ("d_real", tf.reduce_mean(tf.sigmoid(real_logits))),
             ("d_fake", tf.reduce_mean(tf.sigmoid(fake_logits))),
+            ("d_class_loss", class_loss),
         ):
             self.trackers[name].update_state(value)
         # The last step's own score for fakes, unaveraged, for the collapse watch.
@@ -199,6 +218,21 @@ class SampleGrids(keras.callbacks.Callback):
         plots.sample_grid(images, self.class_names, path)
 
 
+class JudgedEpochs(keras.callbacks.Callback):
+    """The judge's conditional accuracy on fresh samples at each epoch's end, recorded
+    in the history (and the learning curves) as ``conditional_accuracy``."""
+
+    def __init__(self, judged: judge.Judge, class_names: list[str], latent_dim: int, count: int):
+        super().__init__()
+        self.judge, self.latent_dim = judged, latent_dim
+        self.requested = np.arange(count) % len(class_names)
+        self.expected = judged.class_indices(class_names)[self.requested]
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        images = generate(self.model.generator, self.requested, self.latent_dim, EVAL_SEED + 1)
+        logs["conditional_accuracy"] = float(np.mean(self.judge(images)[1] == self.expected))
+
+
 def grid_inputs(num_classes: int, latent_dim: int, per_class: int):
     rng = np.random.default_rng(GRID_SEED)
     latent = rng.standard_normal((num_classes * per_class, latent_dim), dtype=np.float32)
@@ -231,11 +265,8 @@ def real_images(args, channels: int) -> judge.RealImages:
     return reference, images[order], class_names
 
 
-def measure_quality(generator, class_names: list[str], channels: int, args) -> dict:
+def measure_quality(generator, found: judge.Judge, class_names, channels: int, args) -> dict:
     """FID-F and conditional accuracy of ``--eval-images`` images, as many per class."""
-    found = judge.find(args.judge, class_names)
-    if found is None:
-        return {}
     key = f"{args.data}:{args.image_size}:{args.eval_images}"
     real = judge.reference_statistics(
         found, key, args.cache_dir, lambda: real_images(args, channels)
@@ -298,7 +329,9 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"data {args.data}: {len(images)} images of {len(np.unique(labels))} classes")
 
     work_dir = Path(tempfile.mkdtemp(prefix="kerve-gan-"))
-    gan = ConditionalGAN(generator, discriminator, args.latent_dim, args.smoothing, args.seed)
+    gan = ConditionalGAN(
+        generator, discriminator, args.latent_dim, args.smoothing, args.seed, args.class_weight
+    )
     gan.compile(
         d_optimizer=keras.optimizers.Adam(args.learning_rate, beta_1=0.5),
         g_optimizer=keras.optimizers.Adam(args.learning_rate, beta_1=0.5),
@@ -306,11 +339,16 @@ def main(argv: list[str] | None = None) -> Path:
     watch = CollapseWatch(args.collapse_patience)
     grids = SampleGrids(generator, class_names, args.latent_dim, work_dir)
     grids.on_epoch_end(-1)  # epoch 0: the starting point (noise, or the --init generator)
+    found = judge.find(args.judge, class_names)
+    callbacks = [watch, grids, keras.callbacks.CSVLogger(work_dir / "history.csv")]
+    if found is not None:
+        judged = JudgedEpochs(found, class_names, args.latent_dim, args.epoch_judge_images)
+        callbacks.insert(0, judged)
     result = gan.fit(
         make_dataset(images, labels, args.batch_size, args.seed),
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
-        callbacks=[watch, grids, keras.callbacks.CSVLogger(work_dir / "history.csv")],
+        callbacks=callbacks,
         verbose=args.verbose,
         shuffle=False,  # the dataset shuffles itself
     )
@@ -321,7 +359,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     generator.save(work_dir / "generator.keras")  # kept if the evaluation fails
     discriminator.save(work_dir / DISCRIMINATOR_FILE)
-    quality = measure_quality(generator, class_names, channels, args)
+    quality = (
+        {} if found is None else measure_quality(generator, found, class_names, channels, args)
+    )
     elapsed = time.perf_counter() - started
     extra = {path.name: path for path in sorted(work_dir.glob("samples_epoch*.png"))}
     extra["samples.png"] = max(extra.values())
@@ -350,6 +390,7 @@ def make_manifest(args, channels, class_names, quality, history, watch, elapsed)
             "classes": args.classes or "all",
             "arch": args.arch,
             "width": args.width,
+            "class_weight": args.class_weight,
             "epochs_run": len(history.get("d_loss", [])),
             "final": {name: round(values[-1], 4) for name, values in history.items()},
             "init": str(args.init) if args.init else None,
@@ -389,8 +430,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, help="default 2e-4, 5e-5 with --init")
     parser.add_argument("--smoothing", type=float, default=0.1, help="real target = 1 - this")
+    parser.add_argument(
+        "--class-weight", type=float, default=1.0, help="auxiliary classifier loss (0: off)"
+    )
     parser.add_argument("--collapse-patience", type=int, default=200, help="steps")
     parser.add_argument("--eval-images", type=int, default=10_000)
+    parser.add_argument("--epoch-judge-images", type=int, default=1000, help="judged per epoch")
     parser.add_argument("--judge", type=Path, help="classifier (default: fashion-classifier "
                         "beside --out)")  # fmt: skip
     parser.add_argument(

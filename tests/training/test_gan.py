@@ -39,7 +39,8 @@ def test_networks_take_latent_and_label_as_the_service_expects():
     images = np.asarray(generator.predict_on_batch([latent, labels]))
     assert images.shape == (5, 12, 12, 3)
     assert images.min() >= -1.0 and images.max() <= 1.0
-    assert np.asarray(discriminator.predict_on_batch([images, labels])).shape == (5, 1)
+    logits, classes = discriminator.predict_on_batch([images, labels])
+    assert (np.shape(logits), np.shape(classes)) == ((5, 1), (5, 3))
 
 
 def test_the_label_changes_both_networks_outputs():
@@ -49,7 +50,7 @@ def test_the_label_changes_both_networks_outputs():
     images = np.asarray(model.generator.predict_on_batch([latent, labels]))
     assert not np.allclose(images[0], images[1])
     same_image = np.repeat(images[:1], 2, axis=0)
-    scores = np.asarray(model.discriminator.predict_on_batch([same_image, labels]))
+    scores, _ = model.discriminator.predict_on_batch([same_image, labels])
     assert scores[0, 0] != scores[1, 0]
 
 
@@ -67,7 +68,7 @@ def test_train_step_changes_both_networks_weights():
     for network, old in zip((model.generator, model.discriminator), before, strict=True):
         changed = [not np.allclose(a, b) for a, b in zip(network.get_weights(), old, strict=True)]
         assert sum(changed) >= len(changed) // 2, network.name
-    for name in ("d_loss", "g_loss", "d_real", "d_fake"):
+    for name in ("d_loss", "g_loss", "d_real", "d_fake", "d_class_loss"):
         assert np.isfinite(history.history[name][-1])
 
 
@@ -115,7 +116,7 @@ def write_colour_folder(root, per_class: int = 12, size: int = 12):
 def run_script(data, out, *extra):
     arguments = ["--data", str(data), "--image-size", "12", "--width", "4", "--latent-dim",
                  "8", "--epochs", "2", "--batch-size", "8", "--eval-images", "30",
-                 "--verbose", "0", "--out", str(out), *extra]  # fmt: skip
+                 "--epoch-judge-images", "12", "--verbose", "0", "--out", str(out), *extra]  # fmt: skip
     return gan.main(arguments)
 
 
@@ -136,6 +137,7 @@ def test_script_trains_judges_fine_tunes_and_the_service_serves_it(tmp_path):
     assert metrics["fid_f"] >= 0 and 0 <= metrics["conditional_accuracy"] <= 1
     assert set(metrics["conditional_accuracy_per_class"]) == set(COLOUR_LABELS)
     assert metrics["judge_accuracy_on_real"] == 1.0  # the judge knows its colours
+    assert 0 <= manifest.provenance["final"]["conditional_accuracy"] <= 1  # judged per epoch
     for name in ("discriminator.keras", "samples.png", "samples_epoch000.png",
                  "samples_epoch002.png", "learning_curves.png"):  # fmt: skip
         assert (first / name).exists(), name
