@@ -116,7 +116,8 @@ def write_colour_folder(root, per_class: int = 12, size: int = 12):
 def run_script(data, out, *extra):
     arguments = ["--data", str(data), "--image-size", "12", "--width", "4", "--latent-dim",
                  "8", "--epochs", "2", "--batch-size", "8", "--eval-images", "30",
-                 "--epoch-judge-images", "12", "--verbose", "0", "--out", str(out), *extra]  # fmt: skip
+                 "--epoch-judge-images", "12", "--verbose", "0", "--out", str(out),
+                 *extra]  # fmt: skip
     return gan.main(arguments)
 
 
