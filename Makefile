@@ -7,9 +7,19 @@ MODELS_DIR ?= models
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PROFILE ?= fast          # `make models PROFILE=full` trains to the figures in docs/MODELS.md
+# `make loadtest` drives a server that is already running (`make serve` in another shell).
+LOADTEST_HOST ?= http://$(HOST):$(PORT)
+USERS ?= 16
+SPAWN_RATE ?= 4
+RUN_TIME ?= 60s
+LOCUSTFILE ?= loadtest/locustfile.py
+TAGS ?=                  # e.g. TAGS=denoise: one task alone (classify, segment, caption, denoise, generate, mixed)
+CLASSES ?=               # or user classes, e.g. CLASSES="ClassifyUser GenerateUser"
+LOADTEST_NAME ?= loadtest
+LOADTEST_REPORTS := loadtest/reports
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: serve models test lint bench clean
+.PHONY: serve models test lint bench loadtest loadtest-ramp clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +49,25 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(PY) -m bench.classify
+
+loadtest: $(VENV)/.installed-test
+	@mkdir -p $(LOADTEST_REPORTS)
+	@echo "locust -> $(LOADTEST_HOST) (start the server first: make serve)"
+	$(VENV)/bin/locust -f $(LOCUSTFILE) --headless --host $(LOADTEST_HOST) \
+	    -u $(USERS) -r $(SPAWN_RATE) -t $(RUN_TIME) $(if $(strip $(TAGS)),--tags $(strip $(TAGS))) \
+	    --csv $(LOADTEST_REPORTS)/$(LOADTEST_NAME) --html $(LOADTEST_REPORTS)/$(LOADTEST_NAME).html \
+	    --only-summary $(CLASSES)
+	@echo "reports: $(LOADTEST_REPORTS)/$(LOADTEST_NAME)_stats.csv, $(LOADTEST_NAME).html"
+
+# The ramp's 503s at its peak are what it shows, so failures do not fail the target.
+loadtest-ramp: $(VENV)/.installed-test
+	@mkdir -p $(LOADTEST_REPORTS)
+	@echo "locust ramp -> $(LOADTEST_HOST) (start the server first: make serve)"
+	$(VENV)/bin/locust -f loadtest/ramp.py --headless --host $(LOADTEST_HOST) \
+	    $(if $(strip $(TAGS)),--tags $(strip $(TAGS))) \
+	    --csv $(LOADTEST_REPORTS)/ramp --html $(LOADTEST_REPORTS)/ramp.html \
+	    --only-summary --exit-code-on-error 0 $(CLASSES)
+	@echo "reports: $(LOADTEST_REPORTS)/ramp_stats.csv, ramp.html"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
