@@ -277,18 +277,24 @@ def measure_quality(generator, found: judge.Judge, class_names, channels: int, a
 
 
 # -- training and export ---------------------------------------------------------------
+def label_key(name: str) -> str:
+    """How a class name is matched: case-insensitively, "/" (not allowed in a folder
+    name) written as "-", so a folder "t-shirt-top" is the label "t-shirt/top"."""
+    return name.lower().replace("/", "-")
+
+
 def restrict(images, labels, data_classes, label_space, keep: list[str] | None):
     """Map the data's classes into the generator's label space; keep only ``keep``."""
-    index = {name.lower().replace("/", "-"): i for i, name in enumerate(label_space)}
-    missing = [n for n in data_classes if n.lower().replace("/", "-") not in index]
+    index = {label_key(name): i for i, name in enumerate(label_space)}
+    missing = [n for n in data_classes if label_key(n) not in index]
     if missing:
         raise ValueError(f"classes {missing} are not among the generator's labels {label_space}")
-    labels = np.array([index[n.lower().replace("/", "-")] for n in data_classes])[labels]
+    labels = np.array([index[label_key(n)] for n in data_classes])[labels]
     if keep:
-        unknown = [n for n in keep if n.lower().replace("/", "-") not in index]
+        unknown = [n for n in keep if label_key(n) not in index]
         if unknown:
             raise ValueError(f"--classes {unknown} are not among {label_space}")
-        chosen = np.isin(labels, [index[n.lower().replace("/", "-")] for n in keep])
+        chosen = np.isin(labels, [index[label_key(n)] for n in keep])
         images, labels = images[chosen], labels[chosen]
     if len(images) == 0:
         raise ValueError("no training images left")
