@@ -17,6 +17,7 @@ TAGS ?=                  # e.g. TAGS=denoise: one task alone (classify, segment,
 CLASSES ?=               # or user classes, e.g. CLASSES="ClassifyUser GenerateUser"
 LOADTEST_NAME ?= loadtest
 LOADTEST_REPORTS := loadtest/reports
+BENCH_TASK ?= all        # `make bench BENCH_TASK=classify`: one task (classify, segment, caption, denoise, generate)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: serve models test lint bench loadtest loadtest-ramp clean
@@ -47,8 +48,16 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-bench: $(VENV)/.installed-test
-	$(PY) -m bench.classify
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS)),train,test,bench,ray]"
+	touch $@
+
+# Kerve against the raw model, itself without batching, a naive app and Ray Serve,
+# on the demo models; fills docs/BENCHMARKS.md (all tasks: about 30 minutes).
+bench: $(VENV)/.installed-bench
+	$(PY) -m training.zoo --profile $(strip $(PROFILE)) --models-dir $(MODELS_DIR) --if-missing
+	$(PY) -m bench --task $(strip $(BENCH_TASK)) --models-dir $(MODELS_DIR) \
+	    --docs docs/BENCHMARKS.md --img-dir docs/img
 
 loadtest: $(VENV)/.installed-test
 	@mkdir -p $(LOADTEST_REPORTS)

@@ -1,49 +1,61 @@
-"""The raw model ceiling: ``predict_on_batch`` in a loop, no server in the way.
+"""The raw model ceiling: the runtime's ``predict_batch`` in a loop, no server in the way.
 
-Run as its own process (``python -m bench.raw_model MODEL --batch-size 32``) so it
-gets the same thread settings as the server; prints one JSON line.
+    python -m bench.raw_model VERSION_DIR --task classify --batch-sizes 1,4,16,32
+
+Run as its own process, so that it gets the same thread settings as a server. The
+samples are the benchmark's own requests, preprocessed once and repeated to fill
+each batch (for captioning the decoding loop is part of the model call, and it
+runs as long as the real photos make it). Prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import resource
 import time
+from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+from bench import standalone
+from bench.workloads import TASKS
 
 
-def measure(model_path: str, batch_size: int, seconds: float) -> dict:
-    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    shape = (batch_size, *model.input_shape[1:])
-    batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for _ in range(3):
-        model.predict_on_batch(batch)  # trace and warm caches
-    calls, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        model.predict_on_batch(batch)
+def measure(served: standalone.Served, batch_size: int, seconds: float) -> dict:
+    runtime = served.runtime
+    samples = [
+        runtime.preprocess(served.workload.request(b)).samples for b in served.workload.bodies
+    ]
+    pool = np.concatenate(samples)
+    batch = pool[np.arange(batch_size) % len(pool)]
+    runtime.predict_batch(batch)  # warm: warm-up ran blank samples, not these
+    calls, cpu_before, started = 0, time.process_time(), time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds or calls < 3:
+        runtime.predict_batch(batch)
         calls += 1
-    elapsed = time.perf_counter() - started
     return {
         "batch_size": batch_size,
         "calls": calls,
-        "seconds": elapsed,
+        "seconds": round(elapsed, 3),
         "samples_per_s": calls * batch_size / elapsed,
         "ms_per_batch": 1000 * elapsed / calls,
+        "cpu_percent": 100 * (time.process_time() - cpu_before) / elapsed,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("version_dir", type=Path)
+    parser.add_argument("--task", choices=sorted(TASKS), required=True)
+    parser.add_argument("--batch-sizes", default="1,32", help="comma-separated")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per batch size")
     args = parser.parse_args()
-    print(json.dumps(measure(args.model, args.batch_size, args.seconds)))
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    served = standalone.load(args.version_dir, args.task, max_batch_size=max(sizes))
+    runs = [measure(served, size, args.seconds) for size in sizes]
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"runs": runs, "peak_rss_bytes": peak_rss}))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 Requests queue their samples; one loop per model version takes up to
 ``max_batch_size`` samples at a time (splitting a large request across batches),
+waiting at most ``max_delay_ms`` for more, and not at all when none are on their way,
 pads the batch to an allowed size that was warmed up at load, runs the model on
 its single inference thread and hands each request its slice of the outputs.
 """
@@ -79,8 +80,12 @@ class Batcher:
         executor: Executor,
         metrics: ModelMetrics | None = None,
         retry_after_s: int = 1,
+        arriving: Callable[[], int] | None = None,
     ) -> None:
+        """``arriving`` counts the requests on their way to ``submit`` (being
+        preprocessed); with it, a batch waits for them only, not for the full delay."""
         self.config = config
+        self._arriving = arriving
         self._predict = predict
         self._executor = executor
         self._metrics = metrics
@@ -162,6 +167,8 @@ class Batcher:
             await self._arrival.wait()
         due = self._oldest_enqueued_at() + self.config.max_delay_ms / 1000
         while self._queued < self.config.max_batch_size and not self._closing:
+            if self._arriving is not None and self._arriving() == 0:
+                break  # nothing else is on its way: waiting would only add latency
             remaining = due - loop.time()
             if remaining <= 0:
                 break

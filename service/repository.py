@@ -13,9 +13,11 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import enum
+import functools
 import logging
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -23,7 +25,7 @@ import keras
 import kerve_manifest
 from service.batching import BatchConfig
 from service.errors import ModelNotFound, NotReady, VersionNotFound, WrongTask
-from service.metrics import Metrics
+from service.metrics import Metrics, ModelMetrics
 from service.runtimes import RUNTIMES, Runtime
 from service.settings import Settings
 
@@ -157,25 +159,14 @@ class ModelRepository:
 
     def _build_runtime(self, name: str, version: int, path: Path) -> Runtime:
         """Read, load and warm up one version (on the loader thread)."""
-        manifest = kerve_manifest.read_manifest(path)
-        runtime_class = RUNTIMES.get(manifest.task)
-        if runtime_class is None:
-            raise ValueError(f"no runtime serves the task {manifest.task!r} yet")
-        model_path = path / kerve_manifest.MODEL_FILE
-        if not zipfile.is_zipfile(model_path):  # Keras would call this "File not found"
-            raise ValueError(f"{model_path} is missing or not a .keras archive (a zip file)")
-        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-        runtime = runtime_class(
+        return load_runtime(
+            path,
             name,
             version,
-            model,
-            manifest,
-            batching=self._batch_config(name, manifest),
+            batching=functools.partial(self._batch_config, name),
             metrics=self._metrics.for_model(name, version),
             max_image_pixels=self.settings.max_image_pixels,
         )
-        runtime.warm_up()
-        return runtime
 
     def _batch_config(self, name: str, manifest: kerve_manifest.Manifest) -> BatchConfig:
         knobs = manifest.batching.model_dump()
@@ -258,6 +249,38 @@ class ModelRepository:
             name: {str(v): e.state.value for v, e in sorted(versions.items())}
             for name, versions in self._models.items()
         }
+
+
+def load_runtime(
+    path: Path,
+    name: str,
+    version: int,
+    *,
+    batching: Callable[[kerve_manifest.Manifest], BatchConfig],
+    metrics: ModelMetrics,
+    max_image_pixels: int,
+) -> Runtime:
+    """Read, load and warm up the model version in ``path``; ``batching`` picks its
+    batch settings from its manifest."""
+    manifest = kerve_manifest.read_manifest(path)
+    runtime_class = RUNTIMES.get(manifest.task)
+    if runtime_class is None:
+        raise ValueError(f"no runtime serves the task {manifest.task!r} yet")
+    model_path = path / kerve_manifest.MODEL_FILE
+    if not zipfile.is_zipfile(model_path):  # Keras would call this "File not found"
+        raise ValueError(f"{model_path} is missing or not a .keras archive (a zip file)")
+    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    runtime = runtime_class(
+        name,
+        version,
+        model,
+        manifest,
+        batching=batching(manifest),
+        metrics=metrics,
+        max_image_pixels=max_image_pixels,
+    )
+    runtime.warm_up()
+    return runtime
 
 
 def _signature(version_dir: Path) -> tuple:

@@ -74,6 +74,7 @@ class Runtime(abc.ABC):
         self._batcher: Batcher | None = None
         self._pool: concurrent.futures.Executor | None = None
         self._in_flight = 0
+        self._preprocessing = 0  # requests the batcher can expect soon
         self._idle = asyncio.Event()
 
     # -- what a task implements ------------------------------------------------
@@ -120,7 +121,12 @@ class Runtime(abc.ABC):
         self._pool = pool
         self._idle.set()
         self._batcher = Batcher(
-            self.predict_batch, self.batching, self._inference_thread, self.metrics, retry_after_s
+            self.predict_batch,
+            self.batching,
+            self._inference_thread,
+            self.metrics,
+            retry_after_s,
+            arriving=lambda: self._preprocessing,
         )
         self._batcher.start()
         self.metrics.loaded.set(1)
@@ -141,7 +147,13 @@ class Runtime(abc.ABC):
         self._in_flight += 1
         self._idle.clear()
         try:
-            prepared = await self._in_pool(self.metrics.preprocess_time, self.preprocess, request)
+            self._preprocessing += 1
+            try:
+                prepared = await self._in_pool(
+                    self.metrics.preprocess_time, self.preprocess, request
+                )
+            finally:
+                self._preprocessing -= 1
             outputs = await self._batcher.submit(prepared.samples)
             return await self._in_pool(
                 self.metrics.postprocess_time, self.postprocess, outputs, request, prepared.context

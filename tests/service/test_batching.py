@@ -200,3 +200,32 @@ async def test_close_finishes_queued_requests(make_batcher):
     assert [r[0, 0] for r in results] == [0, 2, 4]
     with pytest.raises(Exception, match="unloading"):
         await batcher.submit(samples(9))
+
+
+async def test_batch_does_not_wait_when_nothing_is_on_its_way():
+    """With ``arriving`` (requests still being preprocessed), a lone request runs at
+    once instead of waiting out max_delay_ms; while others are on their way it waits."""
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+    arriving = [0]
+    model = CountingModel()
+    batcher = Batcher(
+        model, BatchConfig(max_batch_size=8, max_delay_ms=400), executor,
+        arriving=lambda: arriving[0],
+    )  # fmt: skip
+    batcher.start()
+    try:
+        started = time.perf_counter()
+        await batcher.submit(samples(1))
+        assert time.perf_counter() - started < 0.2
+
+        arriving[0] = 1  # one more request is being preprocessed
+        first = asyncio.ensure_future(batcher.submit(samples(2)))
+        await asyncio.sleep(0.05)
+        assert not first.done()  # waiting for it
+        arriving[0] = 0
+        await batcher.submit(samples(3))  # it arrives: the batch runs with both
+        await first
+        assert model.sizes == [1, 2]
+    finally:
+        await batcher.close()
+        executor.shutdown()

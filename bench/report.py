@@ -1,0 +1,219 @@
+"""Turn measured tasks into markdown tables, the targets' verdicts and two plots."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bench.harness import SYSTEMS  # noqa: E402
+
+COLUMNS = (  # row key: column heading
+    ("system", "system"),
+    ("concurrency", "clients"),
+    ("throughput_per_s", "samples/s"),
+    ("vs_raw", "× raw"),
+    ("p50_ms", "p50 ms"),
+    ("p95_ms", "p95 ms"),
+    ("p99_ms", "p99 ms"),
+    ("mean_batch_size", "mean batch"),
+    ("server_cpu_percent", "server CPU %"),
+    ("peak_rss_mib", "peak RSS MiB"),
+    ("client_cpu_percent", "client CPU %"),
+    ("errors", "errors"),
+)
+PEERS = (
+    ("raw", "raw model"),
+    ("kerve-unbatched", "batching off"),
+    ("naive", "naive"),
+    ("ray", "Ray"),
+)
+# issue 8's targets, for classification at the highest concurrency: Kerve / peer >= ratio
+TARGETS = {"raw": 0.75, "kerve-unbatched": 3.0, "naive": 3.0, "ray": 1.3}
+LATENCY_TARGET_MS = 3.0  # Kerve's p50 at one client, over the raw model at batch 1
+THROUGHPUT_PLOT = "bench-throughput.png"
+P99_PLOT = "bench-p99.png"
+
+
+def with_ratios(rows: list[dict]) -> list[dict]:
+    """Rows with ``vs_raw``: throughput over the raw model's at the same concurrency."""
+    raw = {r["concurrency"]: r["throughput_per_s"] for r in rows if r["system"] == "raw"}
+    return [
+        {**row, "vs_raw": round(row["throughput_per_s"] / raw[row["concurrency"]], 2)}
+        if row["concurrency"] in raw
+        else {**row, "vs_raw": None}
+        for row in rows
+    ]
+
+
+def task_table(result: dict) -> str:
+    rows = sorted(
+        with_ratios(result["rows"]),
+        key=lambda r: (r["concurrency"], list(SYSTEMS).index(r["system"])),
+    )
+    lines = [
+        "| " + " | ".join(heading for _, heading in COLUMNS) + " |",
+        "|---|" + "---:|" * (len(COLUMNS) - 1),
+    ]
+    for row in rows:
+        cells = [SYSTEMS[row["system"]]] + [_cell(row[key]) for key, _ in COLUMNS[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    for system, why in result.get("skipped", {}).items():
+        lines.append(f"| {SYSTEMS[system]} | {why} |" + " |" * (len(COLUMNS) - 2))
+    return "\n".join(lines)
+
+
+def summary_table(results: dict[str, dict]) -> str:
+    """Per task, at its highest concurrency: Kerve's throughput over each peer's."""
+    lines = [
+        "| task | model | clients | Kerve samples/s | "
+        + " | ".join(f"Kerve / {name}" for _, name in PEERS)
+        + " | Kerve p50 − raw at 1 client |",
+        "|---|---|---:|---:|" + "---:|" * (len(PEERS) + 1),
+    ]
+    for task, result in results.items():
+        top = max(r["concurrency"] for r in result["rows"])
+        at_top = {r["system"]: r for r in result["rows"] if r["concurrency"] == top}
+        kerve = at_top.get("kerve")
+        if kerve is None:
+            continue
+        ratios = [
+            f"{kerve['throughput_per_s'] / at_top[s]['throughput_per_s']:.2f}"
+            if s in at_top
+            else "–"
+            for s, _ in PEERS
+        ]
+        gap = latency_gap_ms(result)
+        lines.append(
+            f"| {task} | {result['model']} | {top} | {kerve['throughput_per_s']:.1f} | "
+            + " | ".join(ratios)
+            + f" | {'–' if gap is None else f'{gap:+.1f} ms'} |"
+        )
+    return "\n".join(lines)
+
+
+def latency_gap_ms(result: dict) -> float | None:
+    """Kerve's p50 at one client minus the raw model's time for a batch of 1."""
+    at_one = {r["system"]: r for r in result["rows"] if r["concurrency"] == 1}
+    if "kerve" not in at_one or "raw" not in at_one:
+        return None
+    return at_one["kerve"]["p50_ms"] - at_one["raw"]["p50_ms"]
+
+
+def verdicts(result: dict) -> list[str]:
+    """The targets, checked against one task's rows (they are set for classification)."""
+    top = max(r["concurrency"] for r in result["rows"])
+    at_top = {r["system"]: r for r in result["rows"] if r["concurrency"] == top}
+    lines = []
+    if "kerve" in at_top:
+        kerve = at_top["kerve"]["throughput_per_s"]
+        for system, name in PEERS:
+            if system in at_top:
+                ratio = kerve / at_top[system]["throughput_per_s"]
+                met = "met" if ratio >= TARGETS[system] else "**not met**"
+                lines.append(
+                    f"- Kerve / {name} at {top} clients: {ratio:.2f} "
+                    f"(target ≥ {TARGETS[system]}: {met})"
+                )
+    gap = latency_gap_ms(result)
+    if gap is not None:
+        met = "met" if gap <= LATENCY_TARGET_MS else "**not met**"
+        lines.append(
+            f"- Kerve p50 at 1 client − raw batch of 1: {gap:+.1f} ms "
+            f"(target ≤ {LATENCY_TARGET_MS:g} ms: {met})"
+        )
+    return lines
+
+
+def markdown(results: dict[str, dict], image_prefix: str) -> str:
+    first = next(iter(results.values()))
+    parts = [
+        f"**Machine:** {first['machine']}. **Date:** {first['date']}. "
+        f"**Command:** `{first['command']}`.",
+        "",
+        summary_table(results),
+        "",
+        f"![throughput]({image_prefix}{THROUGHPUT_PLOT})",
+        f"![p99 latency]({image_prefix}{P99_PLOT})",
+    ]
+    for task, result in results.items():
+        batching = (
+            f"max_batch_size {result['max_batch_size']}, max_delay_ms {result['max_delay_ms']:g}"
+        )
+        parts += [
+            "",
+            f"### {task}: {result['model']} ({batching})",
+            "",
+            f"{result['seconds']:g} s per phase after {result['warmup_s']:g} s of warm-up.",
+            "",
+            task_table(result),
+        ]
+        if task == "classify":
+            parts += ["", *verdicts(result)]
+    return "\n".join(parts)
+
+
+def plot(results: dict[str, dict], out_dir: Path) -> list[Path]:
+    """Throughput and p99 latency against concurrency, one panel per task."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, key, label in (
+        (THROUGHPUT_PLOT, "throughput_per_s", "samples/s"),
+        (P99_PLOT, "p99_ms", "p99 latency, ms (raw: time per batch)"),
+    ):
+        figure, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.4), squeeze=False)
+        for axis, (task, result) in zip(axes[0], results.items(), strict=True):
+            for system, name in SYSTEMS.items():
+                rows = sorted(
+                    (r for r in result["rows"] if r["system"] == system),
+                    key=lambda r: r["concurrency"],
+                )
+                if rows:
+                    values = [r[key] if r[key] is not None else r["p50_ms"] for r in rows]
+                    style = "--" if system == "raw" else "-"
+                    axis.plot(
+                        [r["concurrency"] for r in rows], values, style, marker="o", label=name
+                    )
+            axis.set_xscale("log", base=2)
+            if key == "p99_ms":
+                axis.set_yscale("log")
+            axis.set_title(f"{task} ({result['model']})", fontsize=9)
+            axis.set_xlabel("concurrent clients")
+            axis.set_ylabel(label, fontsize=8)
+            axis.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        figure.tight_layout()
+        path = out_dir / filename
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def update_docs(doc: Path, section: str) -> None:
+    """Replace what lies between the bench markers in ``doc`` with ``section``."""
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    text = doc.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{doc} has no {begin} ... {end} section to fill")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{section}\n{end}{tail}")
+
+
+def image_prefix(doc: Path | None, img_dir: Path, markdown_dir: Path) -> str:
+    """How a markdown file at ``doc`` (or in ``markdown_dir``) refers to ``img_dir``."""
+    where = doc.parent if doc is not None else markdown_dir
+    return os.path.relpath(img_dir, where).replace(os.sep, "/") + "/"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
