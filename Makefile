@@ -76,7 +76,8 @@ loadtest-ramp: $(VENV)/.installed-test
 	    $(if $(strip $(TAGS)),--tags $(strip $(TAGS))) \
 	    --csv $(LOADTEST_REPORTS)/ramp --html $(LOADTEST_REPORTS)/ramp.html \
 	    --only-summary --exit-code-on-error 0 $(CLASSES)
-	@echo "reports: $(LOADTEST_REPORTS)/ramp_stats.csv, ramp.html"
+	$(PY) -m loadtest.plot $(LOADTEST_REPORTS)/ramp --title "ramp past saturation and back"
+	@echo "reports: $(LOADTEST_REPORTS)/ramp_stats.csv, ramp.html, ramp.png"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -7,7 +7,7 @@
 Per task it serves the demo model (``make models``) and writes
 ``bench/results/<task>.json``; then it writes ``report.md`` and two plots from every
 task's results in the results folder, and with ``--docs`` fills that file's
-bench section and puts the plots in ``--img-dir``.
+bench section and puts the plots in ``--img-dir`` (``--report-only``: that alone).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from bench.workloads import TASKS
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = parse_args(argv)
+    if args.report_only:
+        return write_report(args)
     workdir = Path(tempfile.mkdtemp(prefix="kerve-bench-"))
     print(f"logs in {workdir}", flush=True)
     tasks = list(TASKS) if args.task == "all" else [args.task]
@@ -106,6 +108,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--docs", type=Path, help="a markdown file whose bench section to fill")
     parser.add_argument("--img-dir", type=Path, help="where the plots go (default: results)")
+    parser.add_argument(
+        "--report-only", action="store_true", help="measure nothing: report the results folder"
+    )
     args = parser.parse_args(argv)
     unknown = set(args.systems) - set(harness.SYSTEMS)
     if unknown:

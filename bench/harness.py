@@ -98,9 +98,11 @@ def measure_raw(setup: Setup) -> list[dict]:
                 "concurrency": concurrency,
                 "throughput_per_s": round(run["samples_per_s"], 2),
                 "p50_ms": round(run["ms_per_batch"], 1),  # one call: every sample waits for it
+                "mean_ms": round(run["ms_per_batch"], 1),
                 "p95_ms": None,
                 "p99_ms": None,
                 "mean_batch_size": run["batch_size"],
+                "model_ms": round(run["ms_per_batch"], 1),
                 "server_cpu_percent": round(run["cpu_percent"], 1),
                 "peak_rss_mib": round(measured["peak_rss_bytes"] / 2**20),
                 "client_cpu_percent": None,
@@ -147,7 +149,7 @@ def measure_server(
     system: str, base_url: str, path: str, process, load: Workload, setup: Setup, concurrency: int
 ) -> dict:
     """One closed-loop phase against a running server, with the server's own figures."""
-    batches_before = batch_totals(system, base_url)
+    before = batch_totals(system, base_url)
     cpu_before = tree_cpu_seconds(process)
     with PeakMemory(process) as memory:
         started = time.perf_counter()
@@ -161,31 +163,31 @@ def measure_server(
         )
         wall = time.perf_counter() - started
     cpu = tree_cpu_seconds(process) - cpu_before
-    samples, batches = (
-        after - before
-        for after, before in zip(batch_totals(system, base_url), batches_before, strict=True)
-    )
+    after = batch_totals(system, base_url)
+    samples, batches, model_s = (a - b for a, b in zip(after, before, strict=True))
     row = {"system": system, **result.summary()}
     row["mean_batch_size"] = round(samples / batches, 2) if batches else 1.0
+    row["model_ms"] = round(1000 * model_s / batches, 1) if batches else None
     row["server_cpu_percent"] = round(100 * cpu / wall, 1)
     row["peak_rss_mib"] = round(memory.peak / 2**20)
     return row
 
 
-def batch_totals(system: str, base_url: str) -> tuple[float, float]:
-    """(samples, batches) the server has run so far; (0, 0) where batches are not counted."""
-    if system == "kerve":
+def batch_totals(system: str, base_url: str) -> tuple[float, float, float]:
+    """(samples, batches, seconds in the model) so far, where the server counts them
+    (warm-up included: take differences); zeros where it does not."""
+    if system in ("kerve", "kerve-unbatched"):
         text = httpx.get(f"{base_url}/metrics").text
 
-        def total(suffix: str) -> float:
-            pattern = rf"^kerve_batch_size_{suffix}\{{.*\}} (\S+)$"
+        def total(name: str) -> float:
+            pattern = rf"^kerve_{name}\{{.*\}} (\S+)$"
             return sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
 
-        return total("sum"), total("count")
+        return total("batch_size_sum"), total("batch_size_count"), total("inference_seconds_sum")
     if system == "ray":
         stats = httpx.get(f"{base_url}/stats").json()
-        return stats["samples"], stats["batches"]
-    return 0.0, 0.0  # batching off: one sample per model call
+        return stats["samples"], stats["batches"], stats["model_seconds"]
+    return 0.0, 0.0, 0.0  # the naive app: one sample per model call, not timed
 
 
 class PeakMemory:

@@ -37,6 +37,9 @@ class LoadResult:
             "requests": self.requests,
             "errors": self.errors,
             "throughput_per_s": round(self.throughput, 2),
+            "mean_ms": round(1000 * float(np.mean(self.latencies_s)), 1)
+            if self.latencies_s
+            else None,
             "p50_ms": round(self.percentile_ms(50), 1),
             "p95_ms": round(self.percentile_ms(95), 1),
             "p99_ms": round(self.percentile_ms(99), 1),

@@ -17,6 +17,7 @@ import asyncio
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ class KerasModel:
         self.batch.set_max_batch_size(max_batch_size)
         self.batch.set_batch_wait_timeout_s(max_delay_ms / 1000)
         self.batches = self.samples = 0
+        self.model_seconds = 0.0
 
     @serve.batch
     async def batch(self, requests: list[np.ndarray]) -> list[np.ndarray]:
@@ -47,7 +49,9 @@ class KerasModel:
         count = len(samples)
         padded = np.zeros((self.config.padded_size(count), *samples.shape[1:]), samples.dtype)
         padded[:count] = samples
+        started = time.perf_counter()
         outputs = await asyncio.to_thread(self.served.runtime.predict_batch, padded)
+        self.model_seconds += time.perf_counter() - started
         self.batches += 1
         self.samples += count
         bounds = np.cumsum([len(r) for r in requests])[:-1]
@@ -56,7 +60,10 @@ class KerasModel:
     async def __call__(self, request: Request) -> Response:
         if request.method == "GET":
             if request.url.path.endswith("/stats"):
-                return JSONResponse({"batches": self.batches, "samples": self.samples})
+                return JSONResponse(
+                    {"batches": self.batches, "samples": self.samples,
+                     "model_seconds": self.model_seconds}
+                )  # fmt: skip
             return JSONResponse({"ready": True})
         served = self.served
         task_request = served.workload.request(await request.body())

@@ -21,6 +21,7 @@ COLUMNS = (  # row key: column heading
     ("p95_ms", "p95 ms"),
     ("p99_ms", "p99 ms"),
     ("mean_batch_size", "mean batch"),
+    ("model_ms", "model ms per batch"),
     ("server_cpu_percent", "server CPU %"),
     ("peak_rss_mib", "peak RSS MiB"),
     ("client_cpu_percent", "client CPU %"),
@@ -104,6 +105,17 @@ def latency_gap_ms(result: dict) -> float | None:
     return at_one["kerve"]["p50_ms"] - at_one["raw"]["p50_ms"]
 
 
+def serving_overhead_ms(result: dict) -> float | None:
+    """Kerve's mean latency at one client minus its model's mean time in the same phase:
+    what serving adds, free of the drift between the raw run and the server's."""
+    kerve = next(
+        (r for r in result["rows"] if r["system"] == "kerve" and r["concurrency"] == 1), None
+    )
+    if kerve is None or kerve.get("model_ms") is None:
+        return None
+    return kerve["mean_ms"] - kerve["model_ms"]
+
+
 def verdicts(result: dict) -> list[str]:
     """The targets, checked against one task's rows (they are set for classification)."""
     top = max(r["concurrency"] for r in result["rows"])
@@ -125,6 +137,12 @@ def verdicts(result: dict) -> list[str]:
         lines.append(
             f"- Kerve p50 at 1 client − raw batch of 1: {gap:+.1f} ms "
             f"(target ≤ {LATENCY_TARGET_MS:g} ms: {met})"
+        )
+    overhead = serving_overhead_ms(result)
+    if overhead is not None:
+        lines.append(
+            f"- in the same phase, Kerve's mean latency at 1 client − its model's mean time: "
+            f"{overhead:+.1f} ms (what serving adds: HTTP, decoding, batching, the response)"
         )
     return lines
 
@@ -165,8 +183,14 @@ def plot(results: dict[str, dict], out_dir: Path) -> list[Path]:
         (THROUGHPUT_PLOT, "throughput_per_s", "samples/s"),
         (P99_PLOT, "p99_ms", "p99 latency, ms (raw: time per batch)"),
     ):
-        figure, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.4), squeeze=False)
-        for axis, (task, result) in zip(axes[0], results.items(), strict=True):
+        columns = min(3, len(results))
+        rows = -(-len(results) // columns)
+        figure, axes = plt.subplots(
+            rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False
+        )
+        for axis in axes.flat[len(results) :]:
+            axis.set_visible(False)
+        for axis, (task, result) in zip(axes.flat, results.items(), strict=False):
             for system, name in SYSTEMS.items():
                 rows = sorted(
                     (r for r in result["rows"] if r["system"] == system),
@@ -179,13 +203,16 @@ def plot(results: dict[str, dict], out_dir: Path) -> list[Path]:
                         [r["concurrency"] for r in rows], values, style, marker="o", label=name
                     )
             axis.set_xscale("log", base=2)
+            clients = sorted({r["concurrency"] for r in result["rows"]})
+            axis.set_xticks(clients, labels=[str(c) for c in clients])
+            axis.minorticks_off()
             if key == "p99_ms":
                 axis.set_yscale("log")
             axis.set_title(f"{task} ({result['model']})", fontsize=9)
             axis.set_xlabel("concurrent clients")
             axis.set_ylabel(label, fontsize=8)
             axis.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
+        axes.flat[0].legend(fontsize=7)
         figure.tight_layout()
         path = out_dir / filename
         figure.savefig(path, dpi=110)

@@ -41,7 +41,7 @@ class Settings(pydantic_settings.BaseSettings):
     model_batching: dict[str, BatchingOverride] = {}
     # Image decoding threads. Half the cores at most: decoding competes with the
     # model's own thread pool, and on 2 cores a second decoder cost 17% throughput
-    # (bench/classify.py, docs/BENCHMARKS.md).
+    # (docs/BENCHMARKS.md, "Earlier measurements").
     preprocess_threads: int = pydantic.Field(
         default_factory=lambda: max(1, min(4, (os.cpu_count() or 1) // 2)), ge=1
     )

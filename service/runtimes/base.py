@@ -71,6 +71,7 @@ class Runtime(abc.ABC):
         self._inference_thread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix=f"infer-{name}-{version}"
         )
+        self.batch_seconds: dict[int, float] = {}  # model time per padded size, at warm-up
         self._batcher: Batcher | None = None
         self._pool: concurrent.futures.Executor | None = None
         self._in_flight = 0
@@ -106,12 +107,16 @@ class Runtime(abc.ABC):
             raise ValueError(f"the model returned {len(outputs)} outputs for {batch_size} samples")
 
     def warm_up(self) -> None:
-        """Run every padded batch size once, so that no request pays a trace or compile."""
+        """Run every padded batch size, so that no request pays a trace or compile, and
+        time a second run of each: the Batcher weighs padding against splitting with it."""
         try:
             for size in self.batching.batch_sizes:
                 samples = self.blank_samples(size)
                 outputs = self._inference_thread.submit(self.predict_batch, samples).result()
                 self.check_outputs(outputs, size)
+                self.batch_seconds[size] = self._inference_thread.submit(
+                    _timed, self.predict_batch, samples
+                ).result()
         except BaseException:
             self._inference_thread.shutdown(wait=False)
             raise
@@ -127,6 +132,7 @@ class Runtime(abc.ABC):
             self.metrics,
             retry_after_s,
             arriving=lambda: self._preprocessing,
+            batch_seconds=self.batch_seconds,
         )
         self._batcher.start()
         self.metrics.loaded.set(1)
@@ -170,3 +176,9 @@ class Runtime(abc.ABC):
             return await loop.run_in_executor(self._pool, functools.partial(function, *args))
         finally:
             histogram.observe(time.perf_counter() - started)
+
+
+def _timed(function: Callable, *args: Any) -> float:
+    started = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - started

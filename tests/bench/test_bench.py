@@ -117,8 +117,8 @@ def test_ray_serve_app_batches_and_answers_like_kerve(models, tmp_path):
         body = served.workload.bodies[0]
         result = run_load(f"{base_url}/predict", [body], {"Content-Type": "image/jpeg"}, 8, 2)
         assert result.requests > 0 and result.errors == 0
-        samples, batches = harness.batch_totals("ray", base_url)
-        assert samples / batches > 1
+        samples, batches, model_seconds = harness.batch_totals("ray", base_url)
+        assert samples / batches > 1 and model_seconds > 0
         import httpx
 
         answer = httpx.post(f"{base_url}/predict", content=body).json()
@@ -155,3 +155,27 @@ def test_update_docs_needs_its_markers(tmp_path):
     doc.write_text("no markers\n")
     with pytest.raises(SystemExit, match="bench:begin"):
         report.update_docs(doc, "table")
+
+
+def test_ab_alternates_between_servers_and_reports_medians(models, tmp_path):
+    from bench import ab
+    from bench.server import running_service
+
+    with running_service(models, tmp_path / "server.log") as (base_url, _process):
+        medians = ab.main(
+            [f"one={base_url}", f"two={base_url}", "--task", "classify", "--models-dir",
+             str(models), "--concurrency", "1,2", "--seconds", "0.3", "--warmup", "0.1",
+             "--rounds", "2"]
+        )  # fmt: skip
+    assert set(medians) == {(name, c) for name in ("one", "two") for c in (1, 2)}
+    for median in medians.values():
+        assert median["throughput_per_s"] > 0 and 0 < median["p50_ms"] <= median["p99_ms"]
+
+
+def test_stages_times_every_stage_of_a_request(models):
+    from bench import stages
+
+    measured = stages.main(["--task", "segment", "--models-dir", str(models), "--repeats", "3"])
+    assert set(measured) == {"preprocess", "predict_batch (1)", "postprocess",
+                             "model_dump_json", "jsonable_encoder + json.dumps"}  # fmt: skip
+    assert all(ms > 0 for ms in measured.values())

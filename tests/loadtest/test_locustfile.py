@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from bench.server import running_service
-from loadtest import checks, payloads
+from loadtest import checks, payloads, plot
 from tests.helpers import (
     CAPTION_VOCABULARY,
     build_captioner,
@@ -87,6 +87,12 @@ def test_every_user_gets_right_answers_from_a_real_server(server, tmp_path):
         assert int(stats[endpoint]["Request Count"]) > 0, endpoint
         assert int(stats[endpoint]["Failure Count"]) == 0, endpoint
     assert int(stats["Aggregated"]["Request Count"]) >= 30
+
+    history = plot.read_history(tmp_path / "run")  # what `make loadtest-ramp` plots
+    assert len(history["t"]) >= 2 and max(history["rps"]) > 0
+    assert all(len(values) == len(history["t"]) for values in history.values())
+    image = plot.plot(history, tmp_path / "run.png", "test run")
+    assert Image.open(image).format == "PNG"
 
 
 def test_a_user_without_its_model_stops_while_the_others_go_on(server, tmp_path):

@@ -229,3 +229,46 @@ async def test_batch_does_not_wait_when_nothing_is_on_its_way():
     finally:
         await batcher.close()
         executor.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "sizes"),
+    [
+        # A CPU: time grows with the padded size. 9 samples: 8 now, 1 next, no padding.
+        ({1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0, 16: 16.0}, [8, 1]),
+        # An accelerator: 16 cost little more than 8. 9 samples: one batch, padded to 16.
+        ({1: 1.0, 2: 1.0, 4: 1.0, 8: 1.1, 16: 1.3}, [16]),
+        # Not measured: pad, as before.
+        ({}, [16]),
+    ],
+)
+async def test_padding_or_splitting_follows_the_models_time_per_size(seconds, sizes):
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+    model = CountingModel()
+    model.release.clear()  # hold the first batch until all 9 requests are queued
+    batcher = Batcher(
+        model, BatchConfig(max_batch_size=16, max_delay_ms=0), executor, batch_seconds=seconds
+    )
+    batcher.start()
+    try:
+        blocker = asyncio.ensure_future(batcher.submit(samples(-1)))
+        await asyncio.sleep(0.05)  # the blocker's batch is in the model
+        waiting = [asyncio.ensure_future(batcher.submit(samples(i))) for i in range(9)]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        results = await asyncio.gather(blocker, *waiting)
+        assert model.sizes == [1, *sizes]
+        assert [r[0, 0] for r in results] == [-2, *range(0, 18, 2)]  # every answer, in order
+    finally:
+        await batcher.close()
+        executor.shutdown()
+
+
+def test_warm_up_times_every_allowed_batch_size(repository):
+    from tests.helpers import make_settings, start_client, wait_ready
+
+    with start_client(make_settings(repository)) as client:
+        wait_ready(client)
+        runtime = client.app.state.repository.get("colours")
+        assert set(runtime.batch_seconds) == set(runtime.batching.batch_sizes)
+        assert all(seconds > 0 for seconds in runtime.batch_seconds.values())
