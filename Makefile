@@ -57,7 +57,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(PY) -m training.zoo --profile $(strip $(PROFILE)) --models-dir $(MODELS_DIR) --if-missing
 	$(PY) -m bench --task $(strip $(BENCH_TASK)) --models-dir $(MODELS_DIR) \
-	    --docs docs/BENCHMARKS.md --img-dir docs/img
+	    --docs docs/BENCHMARKS.md --img-dir docs/img --readme README.md
 
 loadtest: $(VENV)/.installed-test
 	@mkdir -p $(LOADTEST_REPORTS)

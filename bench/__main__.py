@@ -84,6 +84,10 @@ def write_report(args) -> dict[str, dict]:
     (args.results_dir / "report.md").write_text(section + "\n")
     if args.docs is not None:
         report.update_docs(args.docs, section)
+    if args.readme is not None:
+        first = next(iter(results.values()))
+        summary = f"{report.summary_table(results)}\n\n{first['machine']}, {first['date']}."
+        report.update_docs(args.readme, summary, marker="bench-summary")
     print(report.summary_table(results))
     print(f"wrote {args.results_dir / 'report.md'}" + (f" and {args.docs}" if args.docs else ""))
     return results
@@ -108,6 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--docs", type=Path, help="a markdown file whose bench section to fill")
     parser.add_argument("--img-dir", type=Path, help="where the plots go (default: results)")
+    parser.add_argument("--readme", type=Path, help="a markdown file whose summary to fill")
     parser.add_argument(
         "--report-only", action="store_true", help="measure nothing: report the results folder"
     )

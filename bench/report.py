@@ -221,9 +221,9 @@ def plot(results: dict[str, dict], out_dir: Path) -> list[Path]:
     return written
 
 
-def update_docs(doc: Path, section: str) -> None:
-    """Replace what lies between the bench markers in ``doc`` with ``section``."""
-    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+def update_docs(doc: Path, section: str, marker: str = "bench") -> None:
+    """Replace what lies between the ``marker`` comments in ``doc`` with ``section``."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     text = doc.read_text()
     if begin not in text or end not in text:
         raise SystemExit(f"{doc} has no {begin} ... {end} section to fill")

@@ -1,9 +1,10 @@
-"""Plot a locust run's history: users, answers and failures per second, latency.
+"""Plot a locust run's history: users, requests and failures per second.
 
     python -m loadtest.plot loadtest/reports/ramp [--out loadtest/reports/ramp.png]
 
 Reads ``<prefix>_stats_history.csv`` (locust writes it with ``--csv <prefix>``), the
-"Aggregated" rows, one every few seconds.
+"Aggregated" rows, one every few seconds. Its latency percentiles are not plotted:
+in that file they cover the whole run so far, not the moment.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_history(prefix: Path) -> dict[str, list[float]]:
-    """Seconds since the start, users, requests/s, failures/s, p50 and p95 (ms)."""
-    columns = {"users": "User Count", "rps": "Requests/s", "fps": "Failures/s",
-               "p50": "50%", "p95": "95%"}  # fmt: skip
+    """Seconds since the start, users, requests/s and failures/s (rolling averages)."""
+    columns = {"users": "User Count", "rps": "Requests/s", "fps": "Failures/s"}
     series: dict[str, list[float]] = {"t": [], **{key: [] for key in columns}}
     with open(f"{prefix}_stats_history.csv", newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row["Name"] == "Aggregated"]
@@ -37,10 +37,13 @@ def read_history(prefix: Path) -> dict[str, list[float]]:
 
 
 def plot(series: dict[str, list[float]], out: Path, title: str) -> Path:
-    figure, (load, latency) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
-    load.plot(series["t"], series["rps"], label="answers/s (all)", color="tab:blue")
+    figure, load = plt.subplots(figsize=(8, 3.6))
+    load.plot(series["t"], series["rps"], label="requests/s", color="tab:blue")
     load.plot(series["t"], series["fps"], label="failures/s (503s included)", color="tab:red")
+    answered = [r - f for r, f in zip(series["rps"], series["fps"], strict=True)]
+    load.plot(series["t"], answered, label="answered/s", color="tab:green")
     load.set_ylabel("per second")
+    load.set_xlabel("seconds")
     users = load.twinx()
     users.plot(series["t"], series["users"], "--", color="gray", label="users")
     users.set_ylabel("users")
@@ -48,12 +51,6 @@ def plot(series: dict[str, list[float]], out: Path, title: str) -> Path:
     load.legend(handles=handles, fontsize=8, loc="upper left")
     load.set_title(title, fontsize=10)
     load.grid(alpha=0.3)
-    latency.plot(series["t"], series["p50"], label="p50")
-    latency.plot(series["t"], series["p95"], label="p95")
-    latency.set_ylabel("latency, ms")
-    latency.set_xlabel("seconds")
-    latency.legend(fontsize=8)
-    latency.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     plt.close(figure)

@@ -39,11 +39,13 @@ def models(tmp_path_factory) -> Path:
 def test_harness_measures_every_system_and_writes_the_report(models, tmp_path):
     doc = tmp_path / "BENCHMARKS.md"
     doc.write_text("# Benchmarks\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\nkept\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("## Performance\n<!-- bench-summary:begin -->\n<!-- bench-summary:end -->\n")
     results = bench_main.main(
         ["--task", "classify", "--models-dir", str(models), "--concurrency", "1,4",
          "--seconds", "0.5", "--warmup", "0.2", "--systems", ",".join(SYSTEMS_WITHOUT_RAY),
          "--results-dir", str(tmp_path / "results"), "--docs", str(doc),
-         "--img-dir", str(tmp_path / "img")]
+         "--img-dir", str(tmp_path / "img"), "--readme", str(readme)]
     )  # fmt: skip
 
     result = json.loads((tmp_path / "results" / "classify.json").read_text())
@@ -67,6 +69,7 @@ def test_harness_measures_every_system_and_writes_the_report(models, tmp_path):
     for name in ("raw model (no server)", "Kerve", "Kerve, batching off", "naive FastAPI"):
         assert f"| {name} | 1 |" in text and f"| {name} | 4 |" in text
     assert "Kerve / raw model at 4 clients" in text  # the targets' verdicts
+    assert "| classify | colours/1 | 4 |" in readme.read_text()  # the summary row
     for plot in (report.THROUGHPUT_PLOT, report.P99_PLOT):
         assert f"](img/{plot})" in text
         assert Image.open(tmp_path / "img" / plot).format == "PNG"
