@@ -17,7 +17,6 @@ from pathlib import Path
 
 import kerve_manifest
 from bench import standalone
-from bench.loadgen import run_load
 from bench.server import ROOT
 from bench.workloads import TASKS, workload
 
@@ -42,14 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     for number in range(args.rounds):
         for concurrency in concurrencies:
             for name, base_url in servers.items():
-                summary = run_load(
-                    base_url + path,
-                    list(load.bodies),
-                    {"Content-Type": load.content_type},
-                    concurrency,
-                    args.seconds,
-                    warmup_s=args.warmup,
-                ).summary()
+                result = load.drive(base_url + path, concurrency, args.seconds, args.warmup)
+                summary = result.summary()
                 runs.setdefault((name, concurrency), []).append(summary)
                 print(f"round {number} {name} c={concurrency}: {_brief(summary)}", flush=True)
     medians = {

@@ -21,7 +21,6 @@ from pathlib import Path
 import httpx
 
 import kerve_manifest
-from bench.loadgen import run_load
 from bench.server import ROOT, running_process, running_service, tree_cpu_seconds, tree_rss_bytes
 from bench.workloads import Workload, workload
 
@@ -153,14 +152,7 @@ def measure_server(
     cpu_before = tree_cpu_seconds(process)
     with PeakMemory(process) as memory:
         started = time.perf_counter()
-        result = run_load(
-            base_url + path,
-            list(load.bodies),
-            {"Content-Type": load.content_type},
-            concurrency,
-            setup.seconds,
-            warmup_s=setup.warmup_s,
-        )
+        result = load.drive(base_url + path, concurrency, setup.seconds, setup.warmup_s)
         wall = time.perf_counter() - started
     cpu = tree_cpu_seconds(process) - cpu_before
     after = batch_totals(system, base_url)

@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from bench.loadgen import LoadResult, run_load
 from kerve_manifest import Manifest
 from loadtest import payloads
 from service.runtimes.captioning import CaptionRequest
@@ -41,6 +42,11 @@ class Workload:
     content_type: str
     bodies: tuple[bytes, ...]
     request: Callable[[bytes], Any]  # body -> the runtime's request (for the other systems)
+
+    def drive(self, url: str, concurrency: int, seconds: float, warmup_s: float) -> LoadResult:
+        """``concurrency`` closed-loop clients sending these bodies to ``url``."""
+        headers = {"Content-Type": self.content_type}
+        return run_load(url, list(self.bodies), headers, concurrency, seconds, warmup_s)
 
 
 def workload(task: str, manifest: Manifest) -> Workload:
