@@ -41,14 +41,14 @@ class Metrics:
         self.request_latency = Histogram(
             "kerve_request_duration_seconds",
             "HTTP request latency, end to end in the server.",
-            ("route", "method", "status", *MODEL_LABELS),
+            ("route", "task", "method", "status", *MODEL_LABELS),
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.requests = Counter(
             "kerve_requests",
             "HTTP requests answered, by status.",
-            ("route", "status", *MODEL_LABELS),
+            ("route", "task", "status", *MODEL_LABELS),
             registry=registry,
         )
         self.queue_wait = Histogram(

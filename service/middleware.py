@@ -12,6 +12,8 @@ from service.errors import PayloadTooLarge
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
+# A task route's template ends in its task (/v1/classify, /v1/models/{name}/classify, ...).
+TASK_ROUTES = frozenset({"classify", "segment", "caption", "denoise", "generate"})
 REQUEST_ID_HEADER = b"x-request-id"
 
 
@@ -78,7 +80,14 @@ class RequestContextMiddleware:
         path = getattr(route, "path", "unmatched")  # the template, never the raw path
         state = scope.get("state", {})
         model, version = state.get("model", ""), str(state.get("version", ""))
-        labels = {"route": path, "status": str(status), "model": model, "version": version}
+        task = path.rsplit("/", 1)[-1]
+        labels = {
+            "route": path,
+            "task": task if task in TASK_ROUTES else "",
+            "status": str(status),
+            "model": model,
+            "version": version,
+        }
         self.metrics.request_latency.labels(method=scope["method"], **labels).observe(elapsed)
         self.metrics.requests.labels(**labels).inc()
         access_log.info(

@@ -240,7 +240,7 @@ def test_concurrent_requests_are_batched_and_measured(repository):
         assert histogram_sum_count(text, name, "colours")[1] > 0
     assert re.search(
         r'kerve_request_duration_seconds_count\{method="POST",model="colours",'
-        r'route="/v1/classify",status="200",version="1"\} 32',
+        r'route="/v1/classify",status="200",task="classify",version="1"\} 32',
         text,
     )
     assert 'kerve_model_loaded{model="colours",version="1"} 1.0' in text

@@ -77,3 +77,16 @@ def test_chunked_body_over_the_limit_is_413(repository):
             headers={"Content-Type": "image/png"},
         )
         assert ok.status_code == 200
+
+
+def test_request_metrics_carry_the_task_even_for_refused_requests(client):
+    from tests.helpers import wait_ready
+
+    wait_ready(client)
+    assert client.post("/v1/classify", content=b"garbage",
+                       headers={"Content-Type": "image/jpeg"}).status_code == 400  # fmt: skip
+    assert client.post("/v1/models/colours/segment", content=b"x",
+                       headers={"Content-Type": "image/jpeg"}).status_code >= 400  # fmt: skip
+    text = client.get("/metrics").text
+    assert 'route="/v1/classify",status="400",task="classify"' in text
+    assert 'route="/v1/models/{name}/segment",status="' in text and 'task="segment"' in text
