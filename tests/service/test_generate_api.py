@@ -160,15 +160,23 @@ def test_images_do_not_depend_on_how_requests_are_batched(batching_client, name,
     singles = [(1, 500 + i) for i in range(8)]
     mixed = [(3, 500), (5, 503)]
     for requests in (singles, mixed):
-        with concurrent.futures.ThreadPoolExecutor(len(requests)) as threads:
-            results = [image for found in threads.map(ask, requests) for image in found]
-        for i, (alone, reference) in enumerate(zip(results, together, strict=True)):
-            assert np.array_equal(alone, reference), (requests, i)
-        samples_before, calls_before = samples, calls
-        samples, calls = batch_calls(batching_client, name)
         # One by one, the requests would take this many model calls.
         alone = sum(-(-count // max_batch_size) for count, _ in requests)
-        assert samples - samples_before == 8 and calls - calls_before < alone
+        # A batch runs at once when no other request is on its way, so concurrent
+        # requests share one only if they overlap: try until they have (every try
+        # must give the same images).
+        for _ in range(10):
+            with concurrent.futures.ThreadPoolExecutor(len(requests)) as threads:
+                results = [image for found in threads.map(ask, requests) for image in found]
+            for i, (alone_image, reference) in enumerate(zip(results, together, strict=True)):
+                assert np.array_equal(alone_image, reference), (requests, i)
+            samples_before, calls_before = samples, calls
+            samples, calls = batch_calls(batching_client, name)
+            assert samples - samples_before == 8
+            if calls - calls_before < alone:
+                break
+        else:
+            raise AssertionError(f"{requests} never shared a model call in 10 tries")
 
 
 def grid_of(response) -> Image.Image:
