@@ -69,7 +69,7 @@ def measure_task(setup: Setup, systems: list[str]) -> dict:
             skipped[system] = 'not installed (pip install -e ".[ray]")'
             continue
         else:
-            with start_system(system, setup) as (base_url, process, path):
+            with start_system(system, setup, load.route) as (base_url, process, path):
                 for concurrency in setup.concurrencies:
                     row = measure_server(system, base_url, path, process, load, setup, concurrency)
                     rows.append(row)
@@ -113,7 +113,7 @@ def measure_raw(setup: Setup) -> list[dict]:
 
 
 @contextlib.contextmanager
-def start_system(system: str, setup: Setup):
+def start_system(system: str, setup: Setup, route: str):
     """Yield (base_url, psutil.Process, request path) of a ready server for ``system``."""
     log = setup.workdir / f"{setup.task}-{system}.log"
     version_dir = str(setup.version_dir)
@@ -121,7 +121,7 @@ def start_system(system: str, setup: Setup):
         models_dir = _one_model_repository(setup)
         batch_size = setup.max_batch_size if system == "kerve" else 1
         batching = {"max_batch_size": batch_size, "max_delay_ms": setup.max_delay_ms}
-        name, route = setup.version_dir.parent.name, workload_route(setup)
+        name = setup.version_dir.parent.name
         with running_service(models_dir, log, {"SERVE_BATCHING": json.dumps(batching)}) as served:
             yield (*served, f"/v1/models/{name}/{route}")
     elif system == "naive":
@@ -138,10 +138,6 @@ def start_system(system: str, setup: Setup):
             yield (*served, "/predict")
     else:
         raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
-
-
-def workload_route(setup: Setup) -> str:
-    return workload(setup.task, setup.manifest).route
 
 
 def measure_server(

@@ -22,12 +22,8 @@ from bench import standalone
 from bench.workloads import TASKS
 
 
-def measure(served: standalone.Served, batch_size: int, seconds: float) -> dict:
-    runtime = served.runtime
-    samples = [
-        runtime.preprocess(served.workload.request(b)).samples for b in served.workload.bodies
-    ]
-    pool = np.concatenate(samples)
+def measure(runtime, pool: np.ndarray, batch_size: int, seconds: float) -> dict:
+    """``predict_batch`` on ``batch_size`` samples drawn in turn from ``pool``."""
     batch = pool[np.arange(batch_size) % len(pool)]
     runtime.predict_batch(batch)  # warm: warm-up ran blank samples, not these
     calls, cpu_before, started = 0, time.process_time(), time.perf_counter()
@@ -53,7 +49,9 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     served = standalone.load(args.version_dir, args.task, max_batch_size=max(sizes))
-    runs = [measure(served, size, args.seconds) for size in sizes]
+    runtime, bodies = served.runtime, served.workload.bodies
+    pool = np.concatenate([runtime.preprocess(served.workload.request(b)).samples for b in bodies])
+    runs = [measure(runtime, pool, size, args.seconds) for size in sizes]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"runs": runs, "peak_rss_bytes": peak_rss}))
 

@@ -34,11 +34,9 @@ def check_status(status: int, headers: Mapping[str, str], body: Any) -> str | No
 
 
 def check_classify(body: Any, images: int) -> str | None:
-    predictions = _field(body, "predictions", list)
+    predictions = _list(body, "predictions", images, "{} prediction lists for {} images")
     if isinstance(predictions, str):
         return predictions
-    if len(predictions) != images:
-        return f"{len(predictions)} prediction lists for {images} images"
     for ranked in predictions:
         if not isinstance(ranked, list) or not ranked:
             return "an empty prediction list"
@@ -73,11 +71,9 @@ def check_segment(body: Any, width: int, height: int) -> str | None:
 
 
 def check_caption(body: Any, images: int) -> str | None:
-    captions = _field(body, "captions", list)
+    captions = _list(body, "captions", images, "{} captions for {} images")
     if isinstance(captions, str):
         return captions
-    if len(captions) != images:
-        return f"{len(captions)} captions for {images} images"
     for caption in captions:
         text = caption.get("caption") if isinstance(caption, dict) else None
         if not isinstance(text, str) or not text.strip():
@@ -96,11 +92,9 @@ def check_denoise(body: Any, width: int, height: int) -> str | None:
 
 
 def check_generate(body: Any, label: str, count: int) -> str | None:
-    images = _field(body, "images", list)
+    images = _list(body, "images", count, "{} images for a count of {}")
     if isinstance(images, str):
         return images
-    if len(images) != count:
-        return f"{len(images)} images for a count of {count}"
     if body.get("label") != label:
         return f"images of {body.get('label')!r}, not {label!r}"
     for image in images:
@@ -131,6 +125,15 @@ def _field(body: Any, name: str, kind: type) -> Any:
         return "not a JSON object"
     value = body.get(name)
     return value if isinstance(value, kind) else f"no {name}"
+
+
+def _list(body: Any, name: str, expected: int, wrong_length: str) -> Any:
+    """``body[name]`` if it is a list of ``expected`` items, else why not (a str;
+    ``wrong_length`` formatted with the length found and the one expected)."""
+    value = _field(body, name, list)
+    if isinstance(value, list) and len(value) != expected:
+        return wrong_length.format(len(value), expected)
+    return value
 
 
 def _is_probability(value: Any) -> bool:
