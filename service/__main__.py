@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import tempfile
 
 import uvicorn
 
 from service.logs import logging_config
+from service.settings import Settings, get_settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,11 +40,14 @@ def main(argv: list[str] | None = None) -> None:
     for key, value in vars(args).items():
         if value is not None:
             os.environ[f"SERVE_{key.upper()}"] = str(value)
-    from service.settings import get_settings
-
     settings = get_settings()
     if settings.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="kerve-metrics-"))
+    os.environ.update(gpu_environment(settings))
+    # uvicorn stops taking requests on SIGTERM, answers those in flight, then raises
+    # the signal again for whoever handled it before: here, a clean exit with code 0
+    # (a container's orchestrator reads a signal death as a crash).
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
     uvicorn.run(
         "service.app:create_app",
         factory=True,
@@ -55,6 +60,25 @@ def main(argv: list[str] | None = None) -> None:
         http="httptools",
         timeout_graceful_shutdown=30,
     )
+
+
+def gpu_environment(settings: Settings) -> dict[str, str]:
+    """The variables that put the GPU settings in force for TensorFlow, JAX and PyTorch.
+
+    Set before the backend is imported, in this process and so in every worker.
+    """
+    environment = {
+        "TF_FORCE_GPU_ALLOW_GROWTH": str(settings.gpu_memory_growth).lower(),
+        # JAX takes 75% of the GPU at start unless told not to preallocate.
+        "XLA_PYTHON_CLIENT_PREALLOCATE": str(not settings.gpu_memory_growth).lower(),
+    }
+    if settings.gpu_devices is not None:
+        environment["CUDA_VISIBLE_DEVICES"] = settings.gpu_devices
+    return environment
+
+
+def _exit_after_shutdown(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":

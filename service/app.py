@@ -8,6 +8,7 @@ import importlib.resources
 import logging
 
 import fastapi
+import keras
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
@@ -31,6 +32,8 @@ def create_app(settings: Settings | None = None) -> fastapi.FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: fastapi.FastAPI):
+        devices = ", ".join(keras.distribution.list_devices())
+        logger.info("Keras backend %s, devices: %s", keras.backend.backend(), devices)
         pool = concurrent.futures.ThreadPoolExecutor(
             settings.preprocess_threads, thread_name_prefix="preprocess"
         )

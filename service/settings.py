@@ -53,6 +53,14 @@ class Settings(pydantic_settings.BaseSettings):
 
     retry_after_s: int = 1
 
+    # GPUs, applied by `python -m service` before the backend starts.
+    # Which GPUs the models use, as CUDA indices ("0", "0,1"); "" hides every GPU;
+    # unset leaves CUDA_VISIBLE_DEVICES as it is.
+    gpu_devices: str | None = pydantic.Field(default=None, pattern=r"^(\d+(,\d+)*)?$")
+    # Take GPU memory as models need it instead of all of it at start, so other
+    # processes (a second worker, a sidecar) fit on the same GPU.
+    gpu_memory_growth: bool = True
+
 
 @functools.cache
 def get_settings() -> Settings:
