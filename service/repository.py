@@ -66,6 +66,7 @@ class ModelRepository:
         self._refresh_lock = asyncio.Lock()
         self._poller: asyncio.Task | None = None
         self.initial_load_done = False
+        self._required: frozenset[str] = frozenset()  # what readiness waits for
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
@@ -84,6 +85,7 @@ class ModelRepository:
 
     async def _poll(self) -> None:
         await self.refresh()
+        self._required = frozenset(self._models)
         self.initial_load_done = True
         logger.info("initial model load finished", extra={"models": self.summary()})
         while self.settings.poll_interval_s > 0:
@@ -238,10 +240,18 @@ class ModelRepository:
         return sorted(self._models)
 
     def is_ready(self) -> bool:
-        """Ready once the first load is done and every model serves some version."""
+        """Ready once the first load is done and every model found by it serves a version.
+
+        A model published later does not count until the next start: while it loads,
+        or if it fails, this process still serves everything it served, and replicas
+        that share a model volume must not all leave their load balancer at once.
+        A new replica waits for every model, so a model that cannot load holds up a
+        rollout instead of reaching clients.
+        """
         return self.initial_load_done and all(
-            any(e.state is VersionState.AVAILABLE for e in versions.values())
-            for versions in self._models.values()
+            any(e.state is VersionState.AVAILABLE for e in self._models[name].values())
+            for name in self._required
+            if name in self._models
         )
 
     def summary(self) -> dict[str, dict[str, str]]:

@@ -146,6 +146,26 @@ def test_a_model_with_no_loadable_version_is_not_ready(tmp_path):
         assert unavailable.json()["error"]["code"] == "not_ready"
 
 
+def test_a_model_published_after_the_first_load_leaves_readiness_alone(repository, tmp_path):
+    """Replicas share a model volume: a model that appears later (loading, or failing)
+    must not take every one of them out of its load balancer. A new process waits."""
+    with start_client(make_settings(repository)) as client:
+        wait_ready(client)
+        late = repository / "late" / "1"
+        late.mkdir(parents=True)
+        (late / kerve_manifest.MANIFEST_FILE).write_text('{"task": "classification"}')
+        (late / kerve_manifest.MODEL_FILE).write_bytes(b"")
+        wait_until(lambda: "late" in client.get("/readyz").json()["failed"])
+        assert client.get("/readyz").status_code == 200
+        assert classify(client).status_code == 200
+        publish_colour_classifier(repository, name="later")  # loads: becomes servable
+        wait_until(lambda: classify(client, "/v1/models/later/classify").status_code == 200)
+        assert client.get("/readyz").status_code == 200
+    with start_client(make_settings(repository)) as client:  # a new replica waits for all
+        wait_until(lambda: client.get("/readyz").json()["initial_load_done"])
+        assert client.get("/readyz").status_code == 503
+
+
 def test_labels_that_do_not_match_the_outputs_fail_at_load(tmp_path):
     from tests.helpers import build_colour_classifier, colour_manifest
     from training import export
