@@ -47,6 +47,7 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile deploy/locust.Dockerfile
 
 $(VENV)/.installed-bench: $(VENV)/.installed-test
 	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS)),train,test,bench,ray]"
