@@ -97,7 +97,7 @@ def test_every_user_gets_right_answers_from_a_real_server(server, tmp_path):
 
 def test_a_user_without_its_model_stops_while_the_others_go_on(server, tmp_path):
     process, stats, failures = run_locust(
-        server, tmp_path, "-u", "2", "-r", "2", "-t", "4s", "ClassifyUser", "GenerateUser",
+        server, tmp_path, "-u", "2", "-r", "2", "-t", "6s", "ClassifyUser", "GenerateUser",
         env={"KERVE_GENERATE_MODEL": "no-such-generator"},
     )  # fmt: skip
     assert process.returncode == 0, process.stderr[-3000:]
@@ -109,7 +109,7 @@ def test_a_user_without_its_model_stops_while_the_others_go_on(server, tmp_path)
 
 def test_tags_run_one_task_alone(server, tmp_path):
     process, stats, failures = run_locust(
-        server, tmp_path, "-u", "3", "-r", "3", "-t", "3s", "--tags", "generate"
+        server, tmp_path, "-u", "3", "-r", "3", "-t", "6s", "--tags", "generate"
     )
     assert process.returncode == 0, process.stderr[-3000:]
     assert {name for name in stats} == {"/v1/models", "/v1/generate", "Aggregated"}
