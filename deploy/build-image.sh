@@ -5,13 +5,14 @@
 #   deploy/build-image.sh                      # the smoke target: train the demo zoo,
 #                                              # serve it, check every endpoint's answers
 #   deploy/build-image.sh runtime              # the image an operator deploys
-#   deploy/build-image.sh runtime --build-arg VARIANT=gpu
+#   KERVE_TAG=kerve:gpu deploy/build-image.sh runtime --build-arg VARIANT=gpu
 #
 # The base image is Debian bookworm made by debootstrap (python3 3.11, venv and CA
 # certificates) and imported into podman, standing in for python:3.11-slim. RUN steps
 # run in a chroot on the host's network, which is all a build needs here.
 # KERVE_BASE_IMAGE names the base image (made when missing), KERVE_ROOTFS where
-# debootstrap puts it, DEBIAN_MIRROR the mirror it uses.
+# debootstrap puts it, DEBIAN_MIRROR the mirror it uses, KERVE_TAG the image's tag
+# (default kerve:TARGET).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,7 @@ shift || true
 BASE_IMAGE=${KERVE_BASE_IMAGE:-localhost/kerve-base:bookworm}
 ROOTFS=${KERVE_ROOTFS:-/var/tmp/kerve-rootfs}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+TAG=${KERVE_TAG:-kerve:$TARGET}
 
 if [ "$(id -u)" != 0 ]; then
   echo "run as root: podman builds with chroot isolation and debootstrap need it" >&2
@@ -51,6 +53,6 @@ echo "== podman build --target $TARGET"
 time podman build --isolation chroot --network host \
   -v /etc/ssl/certs:/etc/ssl/certs:ro \
   --build-arg BASE_IMAGE="$BASE_IMAGE" \
-  --target "$TARGET" --tag "kerve:$TARGET" "$@" .
-podman image inspect "kerve:$TARGET" \
+  --target "$TARGET" --tag "$TAG" "$@" .
+podman image inspect "$TAG" \
   --format '{{index .RepoTags 0}}: {{.Size}} bytes, user {{.Config.User}}, cmd {{.Config.Cmd}}'
