@@ -195,83 +195,96 @@ CHECKS: dict[str, Callable[[Server, str, dict, Path], tuple[float, str]]] = {
 }
 
 
-def first_case(model: dict, files: Path) -> tuple[bytes | None, dict | None]:
-    """A body for the task's default route: the first image, or for generation a label."""
+def first_request(model: dict, files: Path) -> tuple[bytes, str]:
+    """(body, content type) for the task's default route: the first case's image, or
+    for generation one image of the first label."""
     if "cases" in model:
-        return (files / model["cases"][0]["file"]).read_bytes(), None
-    return None, {"label": model["labels"][0], "count": 1, "seed": 1}
+        return (files / model["cases"][0]["file"]).read_bytes(), "image/png"
+    payload = {"label": model["labels"][0], "count": 1, "seed": 1}
+    return json.dumps(payload).encode(), "application/json"
+
+
+class Verdicts:
+    """Prints each check's line and keeps the failed ones."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def __call__(self, ok: bool, line: str) -> None:
+        print(f"{'ok  ' if ok else 'FAIL'} {line}", flush=True)
+        if not ok:
+            self.failures.append(line)
 
 
 def check(files: Path, models_dir: Path, port: int) -> int:
     cases = json.loads((files / "cases.json").read_text())["models"]
     server = Server(models_dir, port)
-    failures: list[str] = []
-
-    def verdict(ok: bool, line: str) -> None:
-        print(f"{'ok  ' if ok else 'FAIL'} {line}", flush=True)
-        if not ok:
-            failures.append(line)
-
+    verdict = Verdicts()
     try:
         server.wait_ready()
-        served = json.loads(server.request("GET", "/v1/models")[1])["models"]
-        verdict(bool(served), f"/v1/models lists {len(served)} models")
-        tasks: dict[str, str] = {}
-        for entry in served:
-            name = entry["name"]
-            serving = [v for v in entry["versions"] if v["version"] == entry["serving_version"]]
-            task = serving[0]["task"] if serving else "none: no version serves"
-            model = cases.get(name)
-            if model is None or model["task"] != task:
-                verdict(False, f"{name} ({task}): no smoke case for it in {files / 'cases.json'}")
-                continue
-            tasks.setdefault(task, name)  # whose first case goes to the task's default route
-            route = f"/v1/models/{name}/{ROUTE_VERBS[task]}"
-            try:
-                score, detail = CHECKS[task](server, route, model, files)
-            except (AssertionError, KeyError, OSError, ValueError) as error:
-                verdict(False, f"{route}: {error}")
-                continue
-            verdict(
-                score >= model["minimum"],
-                f"{route}: {score:.3g} (at least {model['minimum']}); {detail}",
-            )
+        tasks = check_models(server, cases, files, verdict)
         for task, name in tasks.items():  # each task's default route answers too
-            image, payload = first_case(cases[name], files)
             path = f"/v1/{ROUTE_VERBS[task]}"
-            try:
-                answer = (
-                    server.post_image(path, image) if image else server.post_json(path, payload)
-                )
-                verdict(answer["model"] in cases, f"{path}: answered by {answer['model']}")
-            except AssertionError as error:
-                verdict(False, f"{path}: {error}")
-        for path, wanted in (
-            ("/healthz", b'"ok"'),
-            ("/readyz", b'"ready":true'),
-            ("/metrics", b"kerve_requests_total"),
-            ("/docs", b"swagger"),
-        ):
-            status, body = server.request("GET", path)
-            verdict(status == 200 and wanted in body, f"GET {path}: {status}")
-        status, body = server.request("POST", "/v1/classify", b"not an image", "image/png")
-        verdict(status == 400 and b"invalid_image" in body, f"a bad image: {status}")
+            status, body = server.request("POST", path, *first_request(cases[name], files))
+            answered_by = json.loads(body).get("model") if status == 200 else None
+            verdict(answered_by in cases, f"{path}: {status}, answered by {answered_by}")
+        check_operations(server, verdict)
         verdict(*graceful_stop(server, cases, tasks, files))
     finally:
         if server.process.poll() is None:
             server.process.kill()
+    failures = verdict.failures
     print(f"{len(failures)} failed" if failures else "smoke test passed", flush=True)
     return 1 if failures else 0
+
+
+def check_models(server: Server, cases: dict, files: Path, verdict: Verdicts) -> dict[str, str]:
+    """Score every served model through its own route; return task -> a model with cases."""
+    served = json.loads(server.request("GET", "/v1/models")[1])["models"]
+    verdict(bool(served), f"/v1/models lists {len(served)} models")
+    tasks: dict[str, str] = {}
+    for entry in served:
+        name = entry["name"]
+        serving = [v for v in entry["versions"] if v["version"] == entry["serving_version"]]
+        task = serving[0]["task"] if serving else "none: no version serves"
+        model = cases.get(name)
+        if model is None or model["task"] != task:
+            verdict(False, f"{name} ({task}): no smoke case for it in {files / 'cases.json'}")
+            continue
+        tasks.setdefault(task, name)
+        route = f"/v1/models/{name}/{ROUTE_VERBS[task]}"
+        try:
+            score, detail = CHECKS[task](server, route, model, files)
+        except (AssertionError, KeyError, OSError, ValueError) as error:
+            verdict(False, f"{route}: {error}")
+            continue
+        verdict(
+            score >= model["minimum"],
+            f"{route}: {score:.3g} (at least {model['minimum']}); {detail}",
+        )
+    return tasks
+
+
+def check_operations(server: Server, verdict: Verdicts) -> None:
+    """Health, readiness, metrics, docs, and a bad image's 400."""
+    for path, wanted in (
+        ("/healthz", b'"ok"'),
+        ("/readyz", b'"ready":true'),
+        ("/metrics", b"kerve_requests_total"),
+        ("/docs", b"swagger"),
+    ):
+        status, body = server.request("GET", path)
+        verdict(status == 200 and wanted in body, f"GET {path}: {status}")
+    status, body = server.request("POST", "/v1/classify", b"not an image", "image/png")
+    verdict(status == 400 and b"invalid_image" in body, f"a bad image: {status}")
 
 
 def graceful_stop(server: Server, cases: dict, tasks: dict, files: Path) -> tuple[bool, str]:
     """SIGTERM during a request: that request is answered and the server exits with 0."""
     task = "denoising" if "denoising" in tasks else next(iter(tasks))
-    image, payload = first_case(cases[tasks[task]], files)
     path = f"/v1/{ROUTE_VERBS[task]}"
+    body, content_type = first_request(cases[tasks[task]], files)
     answer: list[int] = []
-    body = image if image else json.dumps(payload).encode()
-    content_type = "image/png" if image else "application/json"
     sender = threading.Thread(
         target=lambda: answer.append(server.request("POST", path, body, content_type)[0])
     )
