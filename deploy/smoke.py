@@ -118,14 +118,9 @@ def check_classification(server: Server, route: str, model: dict, files: Path) -
     """Share of images whose top label is one of the case's accepted class indices."""
     images = [(files / case["file"]).read_bytes() for case in model["cases"]]
     predictions = server.post_images(route, images)["predictions"]
-    right = [
-        ranked[0]["index"] in case["indices"]
-        for ranked, case in zip(predictions, model["cases"], strict=True)
-    ]
-    answers = ", ".join(
-        f"{case['file']}: {ranked[0]['label']}"
-        for ranked, case in zip(predictions, model["cases"], strict=True)
-    )
+    pairs = list(zip((ranked[0] for ranked in predictions), model["cases"], strict=True))
+    right = [top["index"] in case["indices"] for top, case in pairs]
+    answers = ", ".join(f"{case['file']}: {top['label']}" for top, case in pairs)
     return sum(right) / len(right), answers if len(right) <= 4 else f"{sum(right)}/{len(right)}"
 
 
@@ -174,8 +169,8 @@ def check_generation(server: Server, route: str, model: dict, files: Path) -> tu
     right = total = 0
     for label in model["labels"]:
         answer = server.post_json(route, {"label": label, "count": model["count"], "seed": 7})
-        images = [base64.b64decode(image["b64"]) for image in answer["images"]]
-        predictions = server.post_images(judge_route, images)["predictions"]
+        images = [{"b64": image["b64"]} for image in answer["images"]]  # as they came
+        predictions = server.post_json(judge_route, {"images": images})["predictions"]
         right += sum(ranked[0]["label"] == answer["label"] for ranked in predictions)
         total += len(predictions)
     return right / total, f"{right}/{total} judged as asked by {model['judge']}"

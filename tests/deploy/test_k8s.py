@@ -195,6 +195,13 @@ def environment(objects: list[dict]) -> dict[str, str]:
     return {variable["name"]: variable["value"] for variable in env}
 
 
+def mounts(objects: list[dict]) -> dict[str, tuple[dict, dict]]:
+    """The server's mount path -> (its volumeMount, the pod volume it names)."""
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    return {m["mountPath"]: (m, volumes[m["name"]]) for m in server(objects)["volumeMounts"]}
+
+
 def serves_get(app, path: str) -> bool:
     scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "path_params": {}}
     return any(route.matches(scope)[0] is Match.FULL for route in app.routes)
@@ -351,13 +358,10 @@ def test_the_queue_depth_component_scales_on_a_metric_kerve_exports(renders):
 
 
 def test_the_pod_mounts_the_models_claim_read_only(renders):
-    pod = one(renders["base"], "Deployment")["spec"]["template"]["spec"]
     claim = one(renders["base"], "PersistentVolumeClaim")
-    volumes = {volume["name"]: volume for volume in pod["volumes"]}
-    mounts = {mount["mountPath"]: mount for mount in server(renders["base"])["volumeMounts"]}
-    models = mounts[environment(renders["base"])["SERVE_MODELS_DIR"]]
+    models, volume = mounts(renders["base"])[environment(renders["base"])["SERVE_MODELS_DIR"]]
     assert models["readOnly"] is True
-    source = volumes[models["name"]]["persistentVolumeClaim"]
+    source = volume["persistentVolumeClaim"]
     assert source == {"claimName": claim["metadata"]["name"], "readOnly": True}
     assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
 
@@ -373,9 +377,8 @@ def test_the_pod_runs_as_kerve_on_a_read_only_root_with_a_writable_tmp(renders):
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
     }  # fmt: skip
-    volumes = {volume["name"]: volume for volume in pod["volumes"]}
-    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
-    assert "emptyDir" in volumes[mounts["/tmp"]["name"]] and not mounts["/tmp"].get("readOnly")
+    tmp, volume = mounts(renders["base"])["/tmp"]
+    assert "emptyDir" in volume and not tmp.get("readOnly")
     assert environment(renders["base"])["HOME"].startswith("/tmp")
 
 
