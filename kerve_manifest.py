@@ -8,16 +8,15 @@ reads it; neither imports the other, both import this module.
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 
 MODEL_FILE = "model.keras"
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
-
-Task = Literal["classification", "segmentation", "captioning", "denoising", "generation"]
 
 # Pixel scalings by name: a model input is (pixel - mean) / std, pixels in 0..255.
 PIXEL_SCALINGS: dict[str, tuple[float, float]] = {
@@ -130,55 +129,138 @@ class GenerationSpec(pydantic.BaseModel):
     latent_dim: int = pydantic.Field(gt=0, le=4096)
 
 
-class Manifest(pydantic.BaseModel):
-    """What the service needs to know to serve one model version."""
+# Keys of the single flat manifest type of earlier releases that a task's own type has no field for:
+# a version published before the union wrote them with these empty values.
+_FLAT_DEFAULTS: dict[str, Any] = {
+    "labels": [],
+    "output": "probabilities",
+    "text": None,
+    "denoising": None,
+    "generation": None,
+}
+
+
+class BaseManifest(pydantic.BaseModel):
+    """What every task's manifest holds: the task, batching hints, metrics and provenance."""
 
     model_config = pydantic.ConfigDict(extra="forbid", protected_namespaces=())
 
     schema_version: int = SCHEMA_VERSION
-    task: Task
-    input: InputSpec
-    labels: list[str] = []
-    # Classification: whether the model ends in softmax or emits raw logits.
-    output: Literal["probabilities", "logits"] = "probabilities"
+    task: str
     batching: BatchingSpec = BatchingSpec()
-    text: TextSpec | None = None  # captioning: the decoder's vocabulary
-    denoising: DenoisingSpec | None = None  # denoising: tiling and noise levels
-    generation: GenerationSpec | None = None  # generation: the latent space
     description: str = ""
     metrics: dict[str, Any] = {}  # test metrics measured by the training run
     provenance: dict[str, Any] = {}  # script, arguments, data, time, git commit
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _drop_flat_defaults(cls, data: Any) -> Any:
+        """Versions published with the flat manifest keep loading: their empty
+        sections of other tasks are dropped, a filled one is still refused."""
+        if isinstance(data, dict):
+            data = {
+                key: value
+                for key, value in data.items()
+                if key in cls.model_fields or _FLAT_DEFAULTS.get(key, ...) != value
+            }
+        return data
+
+    @pydantic.field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, version: int) -> int:
+        if not 1 <= version <= SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {version} is not one this Kerve reads (1 to {SCHEMA_VERSION}); "
+                "upgrade Kerve to serve it"
+            )
+        return version
+
+
+class ImageManifest(BaseManifest):
+    """A task whose samples are images: their shape and pixel scaling."""
+
+    input: InputSpec
+
+
+class LabelledManifest(ImageManifest):
+    labels: list[str]  # class names, by output index
+
+    @pydantic.field_validator("labels")
+    @classmethod
+    def _two_labels(cls, labels: list[str]) -> list[str]:
+        if len(labels) < 2:
+            raise ValueError("a manifest with classes needs at least two labels")
+        return labels
+
+
+class ClassificationManifest(LabelledManifest):
+    task: Literal["classification"] = "classification"
+    # Whether the model ends in softmax or emits raw logits.
+    output: Literal["probabilities", "logits"] = "probabilities"
+
+
+class SegmentationManifest(LabelledManifest):
+    task: Literal["segmentation"] = "segmentation"
+
+
+class CaptioningManifest(ImageManifest):
+    task: Literal["captioning"] = "captioning"
+    text: TextSpec  # the decoder's vocabulary
+
+
+class DenoisingManifest(ImageManifest):
+    task: Literal["denoising"] = "denoising"
+    denoising: DenoisingSpec  # tiling and noise levels
+
     @pydantic.model_validator(mode="after")
-    def _labels_for_classes(self) -> Manifest:
-        if self.task in ("classification", "segmentation", "generation") and len(self.labels) < 2:
-            raise ValueError(f"a {self.task} manifest needs at least two labels")
-        if (self.task == "captioning") != (self.text is not None):
-            raise ValueError("a captioning manifest, and only one, has a text section")
-        if (self.task == "denoising") != (self.denoising is not None):
-            raise ValueError("a denoising manifest, and only one, has a denoising section")
-        if (self.task == "generation") != (self.generation is not None):
-            raise ValueError("a generation manifest, and only one, has a generation section")
-        if self.denoising is not None:
-            tile = min(self.input.height, self.input.width)
-            if 2 * self.denoising.margin >= tile:
-                raise ValueError(
-                    f"a tile of {tile} px has no centre left inside margins of "
-                    f"{self.denoising.margin} px"
-                )
+    def _tile_has_a_centre(self) -> DenoisingManifest:
+        tile = min(self.input.height, self.input.width)
+        if 2 * self.denoising.margin >= tile:
+            raise ValueError(
+                f"a tile of {tile} px has no centre left inside margins of "
+                f"{self.denoising.margin} px"
+            )
         return self
 
 
-def read_manifest(version_dir: Path) -> Manifest:
+class GenerationManifest(LabelledManifest):
+    task: Literal["generation"] = "generation"
+    generation: GenerationSpec  # the latent space
+
+
+class TensorManifest(BaseManifest):
+    """Any Keras model, tensors in and out: names, dtypes and shapes come from the model."""
+
+    task: Literal["tensor"] = "tensor"
+
+
+# One type per task, told apart by ``task``: the service's registry maps each to a runtime.
+Manifest = Annotated[
+    ClassificationManifest
+    | SegmentationManifest
+    | CaptioningManifest
+    | DenoisingManifest
+    | GenerationManifest
+    | TensorManifest,
+    pydantic.Field(discriminator="task"),
+]
+MANIFEST_TYPES: dict[str, type[BaseManifest]] = {
+    manifest_type.model_fields["task"].default: manifest_type
+    for manifest_type in typing.get_args(typing.get_args(Manifest)[0])
+}
+_MANIFEST = pydantic.TypeAdapter(Manifest)
+
+
+def read_manifest(version_dir: Path) -> BaseManifest:
     """Parse ``manifest.json`` in a version folder (ValueError if malformed)."""
     text = (Path(version_dir) / MANIFEST_FILE).read_text(encoding="utf-8")
     try:
-        return Manifest.model_validate_json(text)
+        return _MANIFEST.validate_json(text)
     except pydantic.ValidationError as error:
         raise ValueError(f"invalid {MANIFEST_FILE}: {error}") from error
 
 
-def write_manifest(version_dir: Path, manifest: Manifest) -> None:
+def write_manifest(version_dir: Path, manifest: BaseManifest) -> None:
     payload = manifest.model_dump(mode="json")
     text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
     (Path(version_dir) / MANIFEST_FILE).write_text(text, encoding="utf-8")

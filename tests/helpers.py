@@ -39,8 +39,7 @@ def build_colour_classifier(sharpness: float = 10.0, activation: str = "softmax"
 
 
 def colour_manifest(**batching) -> kerve_manifest.Manifest:
-    return kerve_manifest.Manifest(
-        task="classification",
+    return kerve_manifest.ClassificationManifest(
         input=kerve_manifest.InputSpec.scaled(IMAGE_SIZE, IMAGE_SIZE, 3, "unit"),
         labels=COLOUR_LABELS,
         batching=kerve_manifest.BatchingSpec(**batching),
@@ -71,8 +70,7 @@ def build_colour_segmenter() -> keras.Model:
 
 
 def publish_colour_segmenter(repository: Path, name: str = "regions", **batching) -> Path:
-    manifest = kerve_manifest.Manifest(
-        task="segmentation",
+    manifest = kerve_manifest.SegmentationManifest(
         input=kerve_manifest.InputSpec.scaled(IMAGE_SIZE, IMAGE_SIZE, 3, "unit"),
         labels=SEGMENT_LABELS,
         batching=kerve_manifest.BatchingSpec(**batching),
@@ -184,8 +182,7 @@ def build_captioner(cell: str = "lstm", seed: int = 12, vocabulary_size: int | N
 
 
 def captioning_manifest(**batching) -> kerve_manifest.Manifest:
-    return kerve_manifest.Manifest(
-        task="captioning",
+    return kerve_manifest.CaptioningManifest(
         input=kerve_manifest.InputSpec.scaled(CAPTION_IMAGE_SIZE, CAPTION_IMAGE_SIZE, 3, "unit"),
         text=kerve_manifest.TextSpec(vocabulary=CAPTION_VOCABULARY, max_length=CAPTION_MAX_LENGTH),
         batching=kerve_manifest.BatchingSpec(**batching),
@@ -242,8 +239,7 @@ def denoising_manifest(
     sigma_range: tuple[float, float] = (0.0, 50.0),
     **batching,
 ) -> kerve_manifest.Manifest:
-    return kerve_manifest.Manifest(
-        task="denoising",
+    return kerve_manifest.DenoisingManifest(
         input=kerve_manifest.InputSpec.scaled(tile, tile, channels, "unit"),
         denoising=kerve_manifest.DenoisingSpec(
             margin=margin, sigma_range=sigma_range, sigma_input=sigma_input
@@ -304,8 +300,7 @@ def generation_manifest(
     labels: list[str] | None = None,
     **batching,
 ) -> kerve_manifest.Manifest:
-    return kerve_manifest.Manifest(
-        task="generation",
+    return kerve_manifest.GenerationManifest(
         input=kerve_manifest.InputSpec.scaled(size, size, channels, "symmetric"),
         labels=labels or GENERATOR_LABELS,
         generation=kerve_manifest.GenerationSpec(latent_dim=latent_dim),

@@ -6,11 +6,17 @@ import pydantic
 import pytest
 
 import kerve_manifest
-from kerve_manifest import InputSpec, Manifest
+from kerve_manifest import (
+    CaptioningManifest,
+    ClassificationManifest,
+    DenoisingManifest,
+    GenerationManifest,
+    InputSpec,
+)
 
 
-def classification(**fields) -> Manifest:
-    return Manifest(task="classification", input=InputSpec(height=8, width=8), **fields)
+def classification(**fields) -> ClassificationManifest:
+    return ClassificationManifest(input=InputSpec(height=8, width=8), **fields)
 
 
 def test_round_trip(tmp_path):
@@ -49,10 +55,9 @@ def test_versions_are_positive_integer_folders(tmp_path):
     assert kerve_manifest.list_versions(tmp_path / "missing") == []
 
 
-def captioning(**text) -> Manifest:
+def captioning(**text) -> CaptioningManifest:
     vocabulary = ["<pad>", "<start>", "<end>", "<unk>", "a", "bag"]
-    return Manifest(
-        task="captioning",
+    return CaptioningManifest(
         input=InputSpec(height=8, width=8),
         text=kerve_manifest.TextSpec(vocabulary=text.pop("vocabulary", vocabulary), **text),
     )
@@ -74,33 +79,33 @@ def test_captioning_needs_its_special_tokens_and_unique_words():
 
 
 def test_text_section_only_for_captioning():
-    with pytest.raises(pydantic.ValidationError, match="text section"):
-        Manifest(task="captioning", input=InputSpec(height=8, width=8))
-    with pytest.raises(pydantic.ValidationError, match="text section"):
+    with pytest.raises(pydantic.ValidationError, match="text"):
+        CaptioningManifest(input=InputSpec(height=8, width=8))
+    with pytest.raises(pydantic.ValidationError, match="Extra inputs"):
         classification(labels=["a", "b"], text=captioning().text)
 
 
 def test_denoising_manifest_round_trips_its_tiling(tmp_path):
     spec = kerve_manifest.DenoisingSpec(margin=24, sigma_range=(5, 50), sigma_input=True)
-    manifest = Manifest(task="denoising", input=InputSpec.scaled(128, 128), denoising=spec)
+    manifest = DenoisingManifest(input=InputSpec.scaled(128, 128), denoising=spec)
     kerve_manifest.write_manifest(tmp_path, manifest)
     assert kerve_manifest.read_manifest(tmp_path).denoising == spec
 
 
 def test_denoising_section_only_for_denoising_and_margins_leave_a_centre():
     tile = InputSpec.scaled(64, 64)
-    with pytest.raises(pydantic.ValidationError, match="denoising section"):
-        Manifest(task="denoising", input=tile)
-    with pytest.raises(pydantic.ValidationError, match="denoising section"):
+    with pytest.raises(pydantic.ValidationError, match="denoising"):
+        DenoisingManifest(input=tile)
+    with pytest.raises(pydantic.ValidationError, match="Extra inputs"):
         classification(labels=["a", "b"], denoising=kerve_manifest.DenoisingSpec())
     with pytest.raises(pydantic.ValidationError, match="no centre"):
-        Manifest(task="denoising", input=tile, denoising=kerve_manifest.DenoisingSpec(margin=32))
+        DenoisingManifest(input=tile, denoising=kerve_manifest.DenoisingSpec(margin=32))
     with pytest.raises(pydantic.ValidationError, match="sigma_range"):
         kerve_manifest.DenoisingSpec(sigma_range=(30, 10))
 
 
-def generation(**fields) -> Manifest:
-    return Manifest(task="generation", input=InputSpec.scaled(28, 28, 1, "symmetric"), **fields)
+def generation(**fields) -> GenerationManifest:
+    return GenerationManifest(input=InputSpec.scaled(28, 28, 1, "symmetric"), **fields)
 
 
 def test_generation_manifest_round_trips_its_latent_space(tmp_path):
@@ -113,11 +118,50 @@ def test_generation_manifest_round_trips_its_latent_space(tmp_path):
 
 def test_generation_needs_its_section_two_labels_and_a_positive_latent_dim():
     spec = kerve_manifest.GenerationSpec(latent_dim=16)
-    with pytest.raises(pydantic.ValidationError, match="generation section"):
+    with pytest.raises(pydantic.ValidationError, match="generation"):
         generation(labels=["a", "b"])
-    with pytest.raises(pydantic.ValidationError, match="generation section"):
+    with pytest.raises(pydantic.ValidationError, match="Extra inputs"):
         classification(labels=["a", "b"], generation=spec)
     with pytest.raises(pydantic.ValidationError, match="two labels"):
         generation(labels=["a"], generation=spec)
     with pytest.raises(pydantic.ValidationError, match="latent_dim"):
         kerve_manifest.GenerationSpec(latent_dim=0)
+
+
+# A denoiser's manifest.json as the single flat Manifest type of earlier releases wrote it.
+FLAT_DENOISER = {
+    "schema_version": 1,
+    "task": "denoising",
+    "input": {"height": 64, "width": 64, "channels": 3, "mean": [0.0], "std": [255.0]},
+    "labels": [],
+    "output": "probabilities",
+    "batching": {"max_batch_size": 8, "max_delay_ms": 5.0, "max_queue": 2048, "timeout_ms": 6e4},
+    "text": None,
+    "denoising": {"margin": 16, "sigma_range": [0.0, 50.0], "sigma_input": False},
+    "generation": None,
+    "description": "",
+    "metrics": {},
+    "provenance": {},
+}
+
+
+def test_flat_manifests_of_earlier_releases_still_load(tmp_path):
+    (tmp_path / kerve_manifest.MANIFEST_FILE).write_text(json.dumps(FLAT_DENOISER))
+    manifest = kerve_manifest.read_manifest(tmp_path)
+    assert isinstance(manifest, DenoisingManifest) and manifest.denoising.margin == 16
+    filled = {**FLAT_DENOISER, "labels": ["a", "b"]}  # a real value of another task's field
+    (tmp_path / kerve_manifest.MANIFEST_FILE).write_text(json.dumps(filled))
+    with pytest.raises(ValueError, match="labels"):
+        kerve_manifest.read_manifest(tmp_path)
+
+
+def test_task_picks_the_manifest_type_and_schema_version_is_checked(tmp_path):
+    (tmp_path / kerve_manifest.MANIFEST_FILE).write_text(json.dumps({"task": "tensor"}))
+    assert isinstance(kerve_manifest.read_manifest(tmp_path), kerve_manifest.TensorManifest)
+    for document, problem in (
+        ({"task": "tensor", "schema_version": 2}, "schema_version 2"),
+        ({"task": "translation"}, "translation"),
+    ):
+        (tmp_path / kerve_manifest.MANIFEST_FILE).write_text(json.dumps(document))
+        with pytest.raises(ValueError, match=problem):
+            kerve_manifest.read_manifest(tmp_path)

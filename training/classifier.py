@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> Path:
     plots.learning_curves(history, work_dir / "learning_curves.png", phase_starts)
     plots.confusion(np.array(report["confusion_matrix"]), class_names, work_dir / "confusion.png")
     elapsed = time.perf_counter() - started
-    manifest = kerve_manifest.Manifest(
-        task="classification",
+    manifest = kerve_manifest.ClassificationManifest(
         input=kerve_manifest.InputSpec(
             height=args.image_size,
             width=args.image_size,

@@ -317,8 +317,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 def make_manifest(args, channels: int, report: dict, history: dict, elapsed: float):
     sigma_25 = report["psnr_ssim"][25]
-    return kerve_manifest.Manifest(
-        task="denoising",
+    return kerve_manifest.DenoisingManifest(
         input=kerve_manifest.InputSpec.scaled(args.tile_size, args.tile_size, channels, "unit"),
         denoising=kerve_manifest.DenoisingSpec(
             margin=args.tile_margin, sigma_range=tuple(args.sigma), sigma_input=args.noise_map

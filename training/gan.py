@@ -379,8 +379,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def make_manifest(args, channels, class_names, quality, history, watch, elapsed):
-    return kerve_manifest.Manifest(
-        task="generation",
+    return kerve_manifest.GenerationManifest(
         input=kerve_manifest.InputSpec.scaled(
             args.image_size, args.image_size, channels, "symmetric"
         ),  # fmt: skip

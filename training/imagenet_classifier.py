@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> Path:
     efficientnet_lite.load_imagenet_weights(model)
     names = class_names()
     answers = spot_check(model, names)
-    manifest = kerve_manifest.Manifest(
-        task="classification",
+    manifest = kerve_manifest.ClassificationManifest(
         input=kerve_manifest.InputSpec(
             height=IMAGE_SIZE,
             width=IMAGE_SIZE,

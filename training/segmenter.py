@@ -168,8 +168,7 @@ def main(argv: list[str] | None = None) -> Path:
         work_dir / "test_samples.png",
     )
     elapsed = time.perf_counter() - started
-    manifest = kerve_manifest.Manifest(
-        task="segmentation",
+    manifest = kerve_manifest.SegmentationManifest(
         input=kerve_manifest.InputSpec(
             height=args.image_size, width=args.image_size, channels=3, mean=spec.mean, std=spec.std
         ),
