@@ -130,14 +130,21 @@ def _integers(text: str) -> tuple[int, ...]:
 def machine_description() -> str:
     import keras
 
-    cpu = platform.machine()
+    cpu, flags = platform.machine(), "flags unknown"
     with contextlib.suppress(OSError):
-        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        info = Path("/proc/cpuinfo").read_text()
+        names = re.findall(r"^model name\s*:\s*(.+)$", info, re.M)
         cpu = names[0] if names else cpu
+        present = set(next(iter(re.findall(r"^flags\s*:\s*(.+)$", info, re.M)), "").split())
+        flags = " ".join(f for f in NOTABLE_CPU_FLAGS if f in present) or "no AVX2"
     return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{cpu} ({flags}), {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"Keras {keras.__version__} ({keras.backend.backend()})"
     )
+
+
+# The vector and matrix units that decide how fast a CPU runs a model.
+NOTABLE_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 import kerve_manifest
 from bench import standalone
 from bench.server import ROOT
-from bench.workloads import TASKS, workload
+from bench.workloads import TASKS, task_path, workload
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     version_dir = standalone.find_version(args.models_dir, args.task, args.model)
     load = workload(args.task, kerve_manifest.read_manifest(version_dir))
-    path = f"/v1/models/{version_dir.parent.name}/{load.route}"
     servers = dict(server.split("=", 1) for server in args.servers)
+    first_url = next(iter(servers.values()))
+    path = task_path(first_url, version_dir.parent.name) + load.query
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     runs: dict[tuple[str, int], list[dict]] = {}
     for number in range(args.rounds):

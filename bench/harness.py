@@ -22,7 +22,7 @@ import httpx
 
 import kerve_manifest
 from bench.server import ROOT, running_process, running_service, tree_cpu_seconds, tree_rss_bytes
-from bench.workloads import Workload, workload
+from bench.workloads import Workload, task_path, workload
 
 SYSTEMS = {  # name: how the tables call it
     "raw": "raw model (no server)",
@@ -69,7 +69,7 @@ def measure_task(setup: Setup, systems: list[str]) -> dict:
             skipped[system] = 'not installed (pip install -e ".[ray]")'
             continue
         else:
-            with start_system(system, setup, load.route) as (base_url, process, path):
+            with start_system(system, setup, load.query) as (base_url, process, path):
                 for concurrency in setup.concurrencies:
                     row = measure_server(system, base_url, path, process, load, setup, concurrency)
                     rows.append(row)
@@ -113,7 +113,7 @@ def measure_raw(setup: Setup) -> list[dict]:
 
 
 @contextlib.contextmanager
-def start_system(system: str, setup: Setup, route: str):
+def start_system(system: str, setup: Setup, query: str):
     """Yield (base_url, psutil.Process, request path) of a ready server for ``system``."""
     log = setup.workdir / f"{setup.task}-{system}.log"
     version_dir = str(setup.version_dir)
@@ -123,7 +123,7 @@ def start_system(system: str, setup: Setup, route: str):
         batching = {"max_batch_size": batch_size, "max_delay_ms": setup.max_delay_ms}
         name = setup.version_dir.parent.name
         with running_service(models_dir, log, {"SERVE_BATCHING": json.dumps(batching)}) as served:
-            yield (*served, f"/v1/models/{name}/{route}")
+            yield (*served, task_path(served[0], name) + query)
     elif system == "naive":
         arguments = ["-m", "bench.naive_app", version_dir, "--task", setup.task]
         with running_process(arguments, log) as served:

@@ -45,12 +45,12 @@ class Served:
 
 def find_version(models_dir: Path, task: str, model: str | None = None) -> Path:
     """The newest version of ``model``, or of the task's demo model, in a repository."""
-    names = [model] if model else _task_models(models_dir, TASKS[task])
+    names = [model] if model else _task_models(models_dir, TASKS[task].task)
     preferred = PREFERRED_MODELS.get(task)
     if preferred in names:
         names = [preferred]
     if not names:
-        raise SystemExit(f"no {TASKS[task]} model in {models_dir}; run `make models` first")
+        raise SystemExit(f"no {TASKS[task].task} model in {models_dir}; run `make models` first")
     model_dir = models_dir / names[0]
     versions = kerve_manifest.list_versions(model_dir)
     if not versions:

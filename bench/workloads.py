@@ -8,40 +8,38 @@ Serve's ``@serve.batch`` (which counts calls) batches exactly what Kerve does.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-from collections.abc import Callable
 from typing import Any
 
+import httpx
+
 from bench.loadgen import LoadResult, run_load
-from kerve_manifest import Manifest
+from kerve_manifest import BaseManifest
 from loadtest import payloads
-from service.runtimes.captioning import CaptionRequest
-from service.runtimes.classification import ClassifyRequest
-from service.runtimes.denoising import DenoiseRequest
-from service.runtimes.generation import GenerateRequest
-from service.runtimes.segmentation import SegmentRequest
+from service.runtimes import RUNTIMES, Runtime
 
 PHOTO_SIZE = 224  # long side: a typical phone upload resized by the client
 GENERATE_BODIES = 32
 TOP_K = 5
 
-TASKS = {  # the --task name: the manifest task it benchmarks
-    "classify": "classification",
-    "segment": "segmentation",
-    "caption": "captioning",
-    "denoise": "denoising",
-    "generate": "generation",
-}
+# The --task name (a task route's verb): the runtime it benchmarks, from the registry.
+TASKS: dict[str, type[Runtime]] = {r.verb: r for r in RUNTIMES.values() if r.verb is not None}
 
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
     task: str  # the --task name
-    route: str  # Kerve's route below /v1/models/<name>/
+    query: str  # the query string Kerve's task route gets, "" or "?top_k=5"
     content_type: str
     bodies: tuple[bytes, ...]
-    request: Callable[[bytes], Any]  # body -> the runtime's request (for the other systems)
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)  # the route's parameters
+
+    def request(self, body: bytes) -> Any:
+        """The runtime's request a body stands for (for the systems other than Kerve)."""
+        runtime = TASKS[self.task]
+        if runtime.body == "params":
+            return runtime.make_request(runtime.Params.model_validate_json(body), [])
+        return runtime.make_request(runtime.Params(**self.params), [body])
 
     def drive(self, url: str, concurrency: int, seconds: float, warmup_s: float) -> LoadResult:
         """``concurrency`` closed-loop clients sending these bodies to ``url``."""
@@ -49,7 +47,7 @@ class Workload:
         return run_load(url, list(self.bodies), headers, concurrency, seconds, warmup_s)
 
 
-def workload(task: str, manifest: Manifest) -> Workload:
+def workload(task: str, manifest: BaseManifest) -> Workload:
     """The requests for ``task`` against a model with ``manifest``."""
     if task == "generate":
         labels = len(manifest.labels)
@@ -57,32 +55,26 @@ def workload(task: str, manifest: Manifest) -> Workload:
             json.dumps({"label": i % labels, "count": 1, "seed": i}).encode()
             for i in range(GENERATE_BODIES)
         )
-        return Workload(task, "generate", "application/json", bodies, _generate_request)
+        return Workload(task, "", "application/json", bodies)
     if task == "denoise":
         # Photos the size of one tile's centre: one request is one sample.
         side = manifest.input.height - 2 * manifest.denoising.margin
         noisy = payloads.make_payloads(payloads.load_photos(), (side,), payloads.NOISE_SIGMA)
-        return Workload(task, "denoise", "image/png", _bodies(noisy, "image/png"), DenoiseRequest)
-    photos = payloads.make_payloads(payloads.load_photos(), (PHOTO_SIZE,))
-    bodies = _bodies(photos, "image/jpeg")
+        return Workload(task, "", "image/png", _bodies(noisy, "image/png"))
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    bodies = _bodies(payloads.make_payloads(payloads.load_photos(), (PHOTO_SIZE,)), "image/jpeg")
     if task == "classify":
         top_k = min(TOP_K, len(manifest.labels))
-        request = functools.partial(_classify_request, top_k=top_k)
-        return Workload(task, f"classify?top_k={top_k}", "image/jpeg", bodies, request)
-    if task == "segment":
-        return Workload(task, "segment", "image/jpeg", bodies, SegmentRequest)
-    if task == "caption":
-        return Workload(task, "caption", "image/jpeg", bodies, lambda b: CaptionRequest([b]))
-    raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+        return Workload(task, f"?top_k={top_k}", "image/jpeg", bodies, {"top_k": top_k})
+    return Workload(task, "", "image/jpeg", bodies)
+
+
+def task_path(base_url: str, name: str) -> str:
+    """The path of model ``name``'s task route, as the server lists it (GET /v1/models/{name})."""
+    listing = httpx.get(f"{base_url}/v1/models/{name}", timeout=30).raise_for_status().json()
+    return listing["endpoints"]["task"]
 
 
 def _bodies(photos: list[payloads.Payload], content_type: str) -> tuple[bytes, ...]:
     return tuple(p.body for p in photos if p.content_type == content_type)
-
-
-def _classify_request(body: bytes, top_k: int) -> ClassifyRequest:
-    return ClassifyRequest([body], top_k=top_k)
-
-
-def _generate_request(body: bytes) -> GenerateRequest:
-    return GenerateRequest(**json.loads(body))

@@ -40,13 +40,6 @@ import numpy as np
 from PIL import Image
 
 READY_TIMEOUT_S = 900
-ROUTE_VERBS = {
-    "classification": "classify",
-    "segmentation": "segment",
-    "captioning": "caption",
-    "denoising": "denoise",
-    "generation": "generate",
-}
 
 
 # -- check: what the built image answers ---------------------------------------------------
@@ -218,8 +211,7 @@ def check(files: Path, models_dir: Path, port: int) -> int:
     try:
         server.wait_ready()
         tasks = check_models(server, cases, files, verdict)
-        for task, name in tasks.items():  # each task's default route answers too
-            path = f"/v1/{ROUTE_VERBS[task]}"
+        for name, path in tasks.values():  # each task's default route answers too
             status, body = server.request("POST", path, *first_request(cases[name], files))
             answered_by = json.loads(body).get("model") if status == 200 else None
             verdict(answered_by in cases, f"{path}: {status}, answered by {answered_by}")
@@ -233,11 +225,14 @@ def check(files: Path, models_dir: Path, port: int) -> int:
     return 1 if failures else 0
 
 
-def check_models(server: Server, cases: dict, files: Path, verdict: Verdicts) -> dict[str, str]:
-    """Score every served model through its own route; return task -> a model with cases."""
+def check_models(
+    server: Server, cases: dict, files: Path, verdict: Verdicts
+) -> dict[str, tuple[str, str]]:
+    """Score every served model through its own route (as /v1/models lists it); return
+    task -> (a model with cases, the task's default route)."""
     served = json.loads(server.request("GET", "/v1/models")[1])["models"]
     verdict(bool(served), f"/v1/models lists {len(served)} models")
-    tasks: dict[str, str] = {}
+    tasks: dict[str, tuple[str, str]] = {}
     for entry in served:
         name = entry["name"]
         serving = [v for v in entry["versions"] if v["version"] == entry["serving_version"]]
@@ -246,8 +241,8 @@ def check_models(server: Server, cases: dict, files: Path, verdict: Verdicts) ->
         if model is None or model["task"] != task:
             verdict(False, f"{name} ({task}): no smoke case for it in {files / 'cases.json'}")
             continue
-        tasks.setdefault(task, name)
-        route = f"/v1/models/{name}/{ROUTE_VERBS[task]}"
+        route = entry["endpoints"]["task"]
+        tasks.setdefault(task, (name, "/v1/" + route.rsplit("/", 1)[-1]))
         try:
             score, detail = CHECKS[task](server, route, model, files)
         except (AssertionError, KeyError, OSError, ValueError) as error:
@@ -276,9 +271,8 @@ def check_operations(server: Server, verdict: Verdicts) -> None:
 
 def graceful_stop(server: Server, cases: dict, tasks: dict, files: Path) -> tuple[bool, str]:
     """SIGTERM during a request: that request is answered and the server exits with 0."""
-    task = "denoising" if "denoising" in tasks else next(iter(tasks))
-    path = f"/v1/{ROUTE_VERBS[task]}"
-    body, content_type = first_request(cases[tasks[task]], files)
+    name, path = tasks["denoising"] if "denoising" in tasks else next(iter(tasks.values()))
+    body, content_type = first_request(cases[name], files)
     answer: list[int] = []
     sender = threading.Thread(
         target=lambda: answer.append(server.request("POST", path, body, content_type)[0])

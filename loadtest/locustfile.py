@@ -6,10 +6,11 @@
 
 Each request is checked (loadtest/checks.py): a wrong status, schema or an empty
 result is a failure, and an overloaded server's 503 is the failure "overloaded
-(503)". A user picks its task's model from ``GET /v1/models`` at start and stops
-if none is AVAILABLE. ``KERVE_CLASSIFY_MODEL`` (and ``_SEGMENT_``, ``_CAPTION_``,
-``_DENOISE_``, ``_GENERATE_``) names the model to load; without it the task's
-default route serves (``/v1/classify`` takes ``fashion-classifier`` in the demo zoo).
+(503)". A user picks its task's model, and the route that serves it, from ``GET
+/v1/models`` at start and stops if none is AVAILABLE. ``KERVE_<VERB>_MODEL``
+(``KERVE_CLASSIFY_MODEL``, ``_SEGMENT_``, ...: the verb of the task's route) names the
+model to load; without it the task's default route serves (``/v1/classify`` takes
+``fashion-classifier`` in the demo zoo).
 """
 
 from __future__ import annotations
@@ -31,24 +32,17 @@ from loadtest import checks, payloads  # noqa: E402
 
 logger = logging.getLogger("kerve.loadtest")
 
-# task -> (route verb, environment variable naming its model)
-TASKS = {
-    "classification": ("classify", "KERVE_CLASSIFY_MODEL"),
-    "segmentation": ("segment", "KERVE_SEGMENT_MODEL"),
-    "captioning": ("caption", "KERVE_CAPTION_MODEL"),
-    "denoising": ("denoise", "KERVE_DENOISE_MODEL"),
-    "generation": ("generate", "KERVE_GENERATE_MODEL"),
-}
 WAIT_S = (0.1, 0.5)  # think time between a user's requests
 
 
 def served_models(listing: dict) -> dict[str, list[dict]]:
-    """AVAILABLE models by task, from a ``GET /v1/models`` body."""
+    """AVAILABLE models with a task route, by task, from a ``GET /v1/models`` body."""
     by_task: dict[str, list[dict]] = {}
     for model in listing.get("models", []):
         for version in model.get("versions", []):
-            if version.get("state") == "AVAILABLE" and version.get("task"):
-                by_task.setdefault(version["task"], []).append({**version, "name": model["name"]})
+            if version.get("state") == "AVAILABLE" and "task" in version.get("endpoints", {}):
+                served = {**version, "name": model["name"], "model_endpoints": model["endpoints"]}
+                by_task.setdefault(version["task"], []).append(served)
                 break
     return by_task
 
@@ -57,12 +51,16 @@ class Endpoint:
     """Where one task's requests go, and what its model needs (a generator's labels)."""
 
     def __init__(self, task_name: str, models: list[dict]):
-        verb, variable = TASKS[task_name]
+        if not models:
+            raise LookupError(f"the server lists no AVAILABLE {task_name} model")
+        verb = models[0]["endpoints"]["task"].rsplit("/", 1)[-1]
+        variable = f"KERVE_{verb.upper()}_MODEL"
         wanted = os.environ.get(variable)
         chosen = [m for m in models if m["name"] == wanted] if wanted else models
         if not chosen:
             raise LookupError(f"{variable}={wanted!r} is not an AVAILABLE {task_name} model")
-        self.path = f"/v1/models/{wanted}/{verb}" if wanted else f"/v1/{verb}"
+        # The model's own route (its newest version), else the task's default route.
+        self.path = chosen[0]["model_endpoints"]["task"] if wanted else f"/v1/{verb}"
         self.labels = chosen[0].get("labels") or []
 
 
@@ -71,7 +69,7 @@ class KerveUser(FastHttpUser):
 
     abstract = True
     wait_time = between(*WAIT_S)
-    tasks_needed: tuple[str, ...] = ()
+    tasks_needed: tuple[str, ...] | None = ()  # None: every task the server has a route for
 
     def on_start(self) -> None:
         with self.client.get("/v1/models", name="/v1/models", catch_response=True) as response:
@@ -80,14 +78,14 @@ class KerveUser(FastHttpUser):
                 raise StopUser()
             by_task = served_models(response.json())
         self.endpoints = {}
-        for task_name in self.tasks_needed:
+        for task_name in by_task if self.tasks_needed is None else self.tasks_needed:
             try:
                 self.endpoints[task_name] = Endpoint(task_name, by_task.get(task_name, []))
             except LookupError as error:
                 logger.warning("%s: no %s: %s", type(self).__name__, task_name, error)
         if not self.endpoints:
             logger.error("%s stops: the server has no model for %s", type(self).__name__,
-                         ", ".join(self.tasks_needed))  # fmt: skip
+                         ", ".join(self.tasks_needed or ("any task",)))  # fmt: skip
             raise StopUser()
 
     def post_checked(self, path: str, check, **request) -> None:
@@ -223,7 +221,7 @@ class MixedUser(KerveUser):
     Run it alone with ``MixedUser`` on the command line or ``--tags mixed``.
     """
 
-    tasks_needed = tuple(TASKS)
+    tasks_needed = None
 
     @tag("mixed")
     @task(10)

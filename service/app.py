@@ -19,7 +19,7 @@ from service.errors import ServiceError
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.repository import ModelRepository
-from service.routes import caption, classify, denoise, generate, health, models, segment
+from service.routes import health, models, tasks
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -61,14 +61,7 @@ def create_app(settings: Settings | None = None) -> fastapi.FastAPI:
     )
     for exception_type, handler in EXCEPTION_HANDLERS.items():
         app.add_exception_handler(exception_type, handler)
-    task_routers = (
-        classify.router,
-        segment.router,
-        caption.router,
-        denoise.router,
-        generate.router,
-    )
-    for router in (*task_routers, models.router, health.router):
+    for router in (tasks.task_router(), models.router, health.router):
         app.include_router(router)
     _add_offline_docs(app)
     return app
@@ -94,15 +87,25 @@ def _add_offline_docs(app: fastapi.FastAPI) -> None:
         )
 
 
-def _error(status: int, code: str, message: str, headers: dict | None = None):
-    body = {"error": {"code": code, "message": message}}
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict | None = None,
+    request: fastapi.Request | None = None,
+):
+    """Kerve's error body; the standard protocols' own, ``{"error": message}``, on their routes."""
+    body: dict = {"error": {"code": code, "message": message}}
+    route = request.scope.get("route") if request is not None else None
+    if getattr(getattr(route, "endpoint", None), "protocol_errors", False):
+        body = {"error": message}
     return fastapi.responses.JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _service_error(request: fastapi.Request, error: ServiceError):
     if error.status_code >= 500:
         logger.warning("%s: %s", error.code, error.message)
-    return _error(error.status_code, error.code, error.message, error.headers)
+    return _error(error.status_code, error.code, error.message, error.headers, request)
 
 
 async def _validation_error(request: fastapi.Request, error: RequestValidationError):
@@ -110,12 +113,14 @@ async def _validation_error(request: fastapi.Request, error: RequestValidationEr
         f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg')}"
         for item in error.errors()
     )
-    return _error(422, "invalid_request", problems or "the request does not match the schema")
+    message = problems or "the request does not match the schema"
+    return _error(422, "invalid_request", message, request=request)
 
 
 async def _http_error(request: fastapi.Request, error: HTTPException):
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-    return _error(error.status_code, code, str(error.detail), getattr(error, "headers", None))
+    headers = getattr(error, "headers", None)
+    return _error(error.status_code, code, str(error.detail), headers, request)
 
 
 async def _unexpected_error(request: fastapi.Request, error: Exception):
@@ -126,6 +131,7 @@ async def _unexpected_error(request: fastapi.Request, error: Exception):
         "internal",
         f"internal error; quote request id {request_id} when reporting it",
         {"X-Request-ID": request_id},
+        request,
     )
 
 

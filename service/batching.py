@@ -236,6 +236,12 @@ class Batcher:
         try:
             outputs = await loop.run_in_executor(self._executor, self._call_model, samples)
         except Exception as error:  # noqa: BLE001 - a failed batch fails only its requests
+            if len({id(item.request) for item in batch}) > 1:
+                # Samples sent as raw tensors can make a model raise: run each request's
+                # samples alone, so that only the one that fails gets the error.
+                for item in batch:
+                    await self._execute([item])
+                return
             logger.exception("inference failed for a batch of %d samples", num_samples)
             failure = InferenceFailed(f"inference failed: {type(error).__name__}")
             for item in batch:

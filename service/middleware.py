@@ -12,8 +12,6 @@ from service.errors import PayloadTooLarge
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
-# A task route's template ends in its task (/v1/classify, /v1/models/{name}/classify, ...).
-TASK_ROUTES = frozenset({"classify", "segment", "caption", "denoise", "generate"})
 REQUEST_ID_HEADER = b"x-request-id"
 
 
@@ -80,10 +78,10 @@ class RequestContextMiddleware:
         path = getattr(route, "path", "unmatched")  # the template, never the raw path
         state = scope.get("state", {})
         model, version = state.get("model", ""), str(state.get("version", ""))
-        task = path.rsplit("/", 1)[-1]
         labels = {
             "route": path,
-            "task": task if task in TASK_ROUTES else "",
+            # Set on each task and protocol handler by its route factory.
+            "task": getattr(getattr(route, "endpoint", None), "metrics_task", ""),
             "status": str(status),
             "model": model,
             "version": version,

@@ -170,7 +170,7 @@ class ModelRepository:
             max_image_pixels=self.settings.max_image_pixels,
         )
 
-    def _batch_config(self, name: str, manifest: kerve_manifest.Manifest) -> BatchConfig:
+    def _batch_config(self, name: str, manifest: kerve_manifest.BaseManifest) -> BatchConfig:
         knobs = manifest.batching.model_dump()
         for override in (self.settings.batching, self.settings.model_batching.get(name)):
             if override is not None:
@@ -266,7 +266,7 @@ def load_runtime(
     name: str,
     version: int,
     *,
-    batching: Callable[[kerve_manifest.Manifest], BatchConfig],
+    batching: Callable[[kerve_manifest.BaseManifest], BatchConfig],
     metrics: ModelMetrics,
     max_image_pixels: int,
 ) -> Runtime:
@@ -280,6 +280,7 @@ def load_runtime(
     if not zipfile.is_zipfile(model_path):  # Keras would call this "File not found"
         raise ValueError(f"{model_path} is missing or not a .keras archive (a zip file)")
     model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    runtime_class.validate(model, manifest)
     runtime = runtime_class(
         name,
         version,

@@ -319,3 +319,32 @@ def publish_generator(
             len(manifest.labels),
         )  # fmt: skip
     return export.publish(model, manifest, repository, name)
+
+
+def build_tensor_model(sorted_names: bool = True) -> keras.Model:
+    """A tiny real two-input tensor model, inputs and outputs named by dicts.
+
+    ``x`` float32 (4,) and ``k`` int32 (2,) in; ``sum`` (1,), the sum of x's and k's
+    values, and ``scaled`` (4,), twice x, out. Only built-in layers: it loads safely.
+    ``sorted_names``: the dicts' keys in sorted order, as Keras orders ``model.inputs``
+    and ``model.outputs``; else in the order x, k and sum, scaled.
+    """
+    x = keras.Input((4,), name="x")
+    k = keras.Input((2,), dtype="int32", name="k")
+    k_float = keras.layers.Rescaling(1.0)(k)  # casts to float32
+    total = keras.layers.Dense(1, name="sum")
+    summed = total(keras.layers.Concatenate()([x, k_float]))
+    total.set_weights([np.ones((6, 1), np.float32), np.zeros(1, np.float32)])
+    scaled = keras.layers.Rescaling(2.0, name="scaled")(x)
+    inputs, outputs = {"x": x, "k": k}, {"sum": summed, "scaled": scaled}
+    if sorted_names:
+        inputs, outputs = dict(sorted(inputs.items())), dict(sorted(outputs.items()))
+    return keras.Model(inputs, outputs)
+
+
+def publish_tensor_model(repository: Path, name: str = "pair", **batching) -> Path:
+    manifest = kerve_manifest.TensorManifest(
+        batching=kerve_manifest.BatchingSpec(**batching),
+        description="test model: two named inputs, two named outputs",
+    )
+    return export.publish(build_tensor_model(), manifest, repository, name)

@@ -1,4 +1,8 @@
-"""Model metadata: GET /v1/models[/{name}[/versions/{version}]]."""
+"""Model metadata: GET /v1/models[/{name}[/versions/{version}]].
+
+Kerve's own description of each version, the endpoints that serve it, and TF Serving's
+``model_version_status`` so that TF Serving health checks work unchanged.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,36 @@ from typing import Any
 
 import fastapi
 import pydantic
+from starlette.routing import NoMatchFound
 
 from service.errors import VersionNotFound
 from service.repository import ModelVersion, VersionState
 from service.routes.params import get_repository, parse_version
 
 router = fastapi.APIRouter(tags=["models"])
+
+# The routes that serve one version, by the name each is registered under.
+ENDPOINT_ROUTES = {"v2": "v2_infer", "tfserving": "tfserving_predict"}  # + _model, _version
+# Kerve's version states as TF Serving's ModelVersionStatus states.
+TF_SERVING_STATES = {
+    VersionState.LOADING: "LOADING",
+    VersionState.AVAILABLE: "AVAILABLE",
+    VersionState.UNLOADING: "UNLOADING",
+    VersionState.FAILED: "END",
+}
+
+
+class TfServingStatus(pydantic.BaseModel):
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+class TfServingVersionStatus(pydantic.BaseModel):
+    """One entry of TF Serving's GetModelStatus answer."""
+
+    version: str
+    state: str = pydantic.Field(description="START, LOADING, AVAILABLE, UNLOADING or END")
+    status: TfServingStatus
 
 
 class VersionInfo(pydantic.BaseModel):
@@ -29,46 +57,101 @@ class VersionInfo(pydantic.BaseModel):
     generation: dict[str, Any] | None = pydantic.Field(
         default=None, description="A generator's latent space (latent_dim)."
     )
+    endpoints: dict[str, str] | None = pydantic.Field(
+        default=None,
+        description="The paths that serve this version: its task route (`task`), the Open "
+        "Inference Protocol v2 (`v2`) and TF Serving's REST API (`tfserving`).",
+    )
     metrics: dict[str, Any] | None = None
     provenance: dict[str, Any] | None = None
+
+
+class VersionDetail(VersionInfo):
+    model_version_status: list[TfServingVersionStatus] = pydantic.Field(
+        description="TF Serving's status of this version (GET /v1/models/{name}/versions/{v})."
+    )
 
 
 class ModelInfo(pydantic.BaseModel):
     name: str
     serving_version: int | None = pydantic.Field(description="What requests without a version get.")
     versions: list[VersionInfo]
+    endpoints: dict[str, str] | None = pydantic.Field(
+        default=None,
+        description="The paths that serve the newest available version (as `versions[].endpoints`"
+        " does for each version).",
+    )
+    model_version_status: list[TfServingVersionStatus] | None = pydantic.Field(
+        default=None,
+        description="TF Serving's GetModelStatus list, newest version first: its health checks "
+        "read this (GET /v1/models/{name}).",
+    )
 
 
 class ModelList(pydantic.BaseModel):
     models: list[ModelInfo]
 
 
-def _version_info(entry: ModelVersion, detailed: bool) -> VersionInfo:
+def _version_info(request: fastapi.Request, entry: ModelVersion, detailed: bool) -> VersionInfo:
     info = VersionInfo(version=entry.version, state=entry.state.value, error=entry.error)
     if entry.loaded_at is not None:
         info.loaded_at = datetime.fromtimestamp(entry.loaded_at, UTC)
     if entry.runtime is not None:
-        runtime = entry.runtime
+        runtime, manifest = entry.runtime, entry.runtime.manifest
         info.task = runtime.task
-        info.input = runtime.manifest.input.model_dump()
+        info.endpoints = _endpoints(request, entry, "version")
+        if hasattr(manifest, "input"):
+            info.input = manifest.input.model_dump()
         info.batching = {**vars(runtime.batching), "batch_sizes": runtime.batching.batch_sizes}
-        if runtime.manifest.generation is not None:
-            info.generation = runtime.manifest.generation.model_dump()
-        if detailed or runtime.task == "generation":
-            info.labels = runtime.manifest.labels
+        if hasattr(manifest, "generation"):
+            info.generation = manifest.generation.model_dump()
+        if hasattr(manifest, "labels") and (detailed or runtime.task == "generation"):
+            info.labels = manifest.labels
         if detailed:
-            info.metrics = runtime.manifest.metrics
-            info.provenance = runtime.manifest.provenance
+            info.metrics = manifest.metrics
+            info.provenance = manifest.provenance
     return info
+
+
+def _endpoints(request: fastapi.Request, entry: ModelVersion, form: str) -> dict[str, str]:
+    """Paths of the routes that serve this version (``form`` "version") or the model's
+    newest (``form`` "model"), for the protocols that are registered."""
+    routes = {key: f"{route}_{form}" for key, route in ENDPOINT_ROUTES.items()}
+    if entry.runtime.verb is not None:
+        routes["task"] = f"{entry.runtime.verb}_{form}"
+    where = {"name": entry.name}
+    if form == "version":
+        where["version"] = str(entry.version)
+    paths = {}
+    for key, route_name in routes.items():
+        try:
+            paths[key] = request.app.url_path_for(route_name, **where)
+        except NoMatchFound:
+            continue
+    return paths
+
+
+def _tf_serving_status(entry: ModelVersion) -> TfServingVersionStatus:
+    failed = entry.state is VersionState.FAILED
+    return TfServingVersionStatus(
+        version=str(entry.version),
+        state=TF_SERVING_STATES[entry.state],
+        status=TfServingStatus(
+            error_code="UNKNOWN" if failed else "OK", error_message=entry.error or ""
+        ),
+    )
 
 
 def _model_info(request: fastapi.Request, name: str, detailed: bool) -> ModelInfo:
     entries = get_repository(request).versions(name)
-    available = [e.version for e in entries if e.state is VersionState.AVAILABLE]
+    available = [e for e in entries if e.state is VersionState.AVAILABLE]
+    newest = max(available, key=lambda e: e.version, default=None)
     return ModelInfo(
         name=name,
-        serving_version=max(available, default=None),
-        versions=[_version_info(e, detailed) for e in entries],
+        serving_version=newest.version if newest else None,
+        versions=[_version_info(request, e, detailed) for e in entries],
+        endpoints=_endpoints(request, newest, "model") if newest else None,
+        model_version_status=[_tf_serving_status(e) for e in entries] if detailed else None,
     )
 
 
@@ -81,15 +164,20 @@ async def list_models(request: fastapi.Request) -> ModelList:
 
 @router.get("/v1/models/{name}", response_model_exclude_none=True)
 async def get_model(request: fastapi.Request, name: str) -> ModelInfo:
-    """Describe one model: versions, input, labels, batching, test metrics, provenance."""
+    """Describe one model: versions, input, labels, batching, endpoints, test metrics,
+    provenance, and TF Serving's model_version_status."""
     return _model_info(request, name, detailed=True)
 
 
 @router.get("/v1/models/{name}/versions/{version}", response_model_exclude_none=True)
-async def get_model_version(request: fastapi.Request, name: str, version: str) -> VersionInfo:
+async def get_model_version(request: fastapi.Request, name: str, version: str) -> VersionDetail:
     """Describe one model version."""
     number = parse_version(version)
     for entry in get_repository(request).versions(name):
         if entry.version == number:
-            return _version_info(entry, detailed=True)
+            info = _version_info(request, entry, detailed=True)
+            return VersionDetail(
+                **info.model_dump(exclude_none=True),
+                model_version_status=[_tf_serving_status(entry)],
+            )
     raise VersionNotFound(f"model {name!r} has no version {number}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import fastapi
 
@@ -15,7 +15,9 @@ from service.settings import Settings
 
 T = TypeVar("T")
 
-ModelName = Annotated[str | None, fastapi.Query(description="Model name (default: the task's).")]
+ModelName = Annotated[
+    str | None, fastapi.Query(alias="model", description="Model name (default: the task's).")
+]
 Version = Annotated[str | None, fastapi.Query(description="Version (default: the newest).")]
 
 
@@ -46,21 +48,38 @@ def resolve_runtime(
     return runtime
 
 
-def wants_png(request: fastapi.Request) -> bool:
-    """``Accept: image/png`` (and not JSON first) asks for the PNG alone instead of JSON."""
-    accepted = [part.split(";")[0].strip() for part in request.headers.get("accept", "").split(",")]
-    return "image/png" in accepted and accepted.index("image/png") < _position(
-        accepted, "application/json"
-    )
+def respond(request: fastapi.Request, result: Any) -> Any:
+    """A runtime's result as it travels: its PNG form where the client prefers image/png
+    (and the result has one), else JSON. Every task route answers through here."""
+    if hasattr(result, "as_png") and prefers_png(request.headers.get("accept", "")):
+        body = result.as_png()
+        return fastapi.Response(body.png, media_type="image/png", headers=body.headers)
+    return result
 
 
-def png_or_json(result, png_only: bool):
-    """A runtime's PNG bytes as an image/png response, or its JSON model unchanged."""
-    return fastapi.Response(result, media_type="image/png") if png_only else result
+def prefers_png(accept: str) -> bool:
+    """Whether an Accept header ranks image/png above JSON: by q-value (RFC 9110, the most
+    specific range deciding), and on a tie by which is listed first; JSON by default."""
+    ranges: dict[str, tuple[float, int]] = {}  # media range -> (q, position)
+    for position, part in enumerate(accept.lower().split(",")):
+        media_range, *options = (piece.strip() for piece in part.split(";"))
+        quality = 1.0
+        for option in options:
+            key, _, value = option.partition("=")
+            if key.strip() == "q":
+                try:
+                    quality = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    quality = 0.0
+        ranges.setdefault(media_range, (quality, position))
+    png = _match(ranges, ("image/png", "image/*", "*/*"))
+    json = _match(ranges, ("application/json", "application/*", "*/*"))
+    return png[0] > 0 and (png[0] > json[0] or (png[0] == json[0] and png[1] < json[1]))
 
 
-def _position(accepted: list[str], media_type: str) -> int:
-    return accepted.index(media_type) if media_type in accepted else len(accepted)
+def _match(ranges: dict[str, tuple[float, int]], candidates: tuple[str, ...]) -> tuple[float, int]:
+    """The (q, position) of the most specific range that matches, else (0, never listed)."""
+    return next((ranges[c] for c in candidates if c in ranges), (0.0, len(ranges)))
 
 
 async def unless_disconnected(request: fastapi.Request, work: Awaitable[T]) -> T:

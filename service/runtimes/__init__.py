@@ -1,4 +1,8 @@
-"""One Runtime subclass per task, found by the manifest's ``task``."""
+"""The task registry: one Runtime subclass per task, found by the manifest's ``task``.
+
+Routes, metrics labels, the endpoint lists of /v1/models and through them the load
+tests, benchmarks and smoke check are all derived from this table.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from service.runtimes.classification import ClassificationRuntime
 from service.runtimes.denoising import DenoisingRuntime
 from service.runtimes.generation import GenerationRuntime
 from service.runtimes.segmentation import SegmentationRuntime
+from service.runtimes.tensor import TensorRuntime
 
 RUNTIMES: dict[str, type[Runtime]] = {
     runtime.task: runtime
@@ -17,5 +22,6 @@ RUNTIMES: dict[str, type[Runtime]] = {
         CaptioningRuntime,
         DenoisingRuntime,
         GenerationRuntime,
+        TensorRuntime,
     )
 }

@@ -3,7 +3,13 @@
 A subclass turns a request into samples (``preprocess``, in the shared thread
 pool), runs a batch of samples from many requests (``predict_batch``, on this
 version's single inference thread, through the Batcher) and turns one request's
-outputs into its response (``postprocess``, in the thread pool again).
+outputs into its result (``postprocess``, in the thread pool again). Results are
+data (pydantic models); the routes decide how they travel.
+
+A subclass also declares, once, what the HTTP layer derives its routes from: its
+task, its verb (``/v1/<verb>``), its parameter and response models and what the
+request body holds. Every runtime can also be driven as tensors in, tensors out
+(``infer_tensors``), which is how the standard protocols reach it.
 """
 
 from __future__ import annotations
@@ -16,16 +22,17 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import keras
 import numpy as np
 import pydantic
 from PIL import Image
 
-from kerve_manifest import Manifest
-from service import imaging
+from kerve_manifest import BaseManifest
+from service import imaging, tensors
 from service.batching import BatchConfig, Batcher
+from service.errors import BadRequest
 from service.metrics import ModelMetrics
 
 
@@ -39,24 +46,55 @@ class Prepared:
 
 
 class PngImage(pydantic.BaseModel):
-    """An image in a JSON response."""
+    """An image in a JSON response: a PNG, base64-encoded only if JSON is what travels."""
 
-    b64: str = pydantic.Field(description="Base64 of a PNG file.")
+    _png: bytes = pydantic.PrivateAttr(b"")
+
+    @pydantic.computed_field(description="Base64 of a PNG file.")
+    @property
+    def b64(self) -> str:
+        return base64.b64encode(self._png).decode("ascii")
+
+    @property
+    def png(self) -> bytes:
+        return self._png
 
     @classmethod
-    def of(cls, image: Image.Image) -> PngImage:
-        return cls(b64=base64.b64encode(imaging.encode_png(image)).decode("ascii"))
+    def of(cls, image: Image.Image, **fields: Any) -> PngImage:
+        made = cls(**fields)
+        made._png = imaging.encode_png(image)
+        return made
+
+
+@dataclasses.dataclass(frozen=True)
+class PngBody:
+    """The raw-PNG form of a result (``Accept: image/png``), and headers it travels with."""
+
+    png: bytes
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class NoParams(pydantic.BaseModel):
+    pass
 
 
 class Runtime(abc.ABC):
-    task: ClassVar[str]
+    task: ClassVar[str]  # the manifest's task this runtime serves
+    # The task route, POST /v1/<verb> (and its per-model forms); None: protocols only.
+    verb: ClassVar[str | None] = None
+    summary: ClassVar[str] = ""  # what the task route does, for /docs
+    Params: ClassVar[type[pydantic.BaseModel]] = NoParams  # query string, or JSON body
+    body: ClassVar[Literal["images", "image", "params"]] = "images"  # what the body holds
+    Response: ClassVar[type[pydantic.BaseModel] | None] = None
+    # Whether the plain input tensor may also come as encoded images (v2 BYTES, TF b64).
+    takes_encoded_images: ClassVar[bool] = False
 
     def __init__(
         self,
         name: str,
         version: int,
         model: keras.Model,
-        manifest: Manifest,
+        manifest: BaseManifest,
         batching: BatchConfig,
         metrics: ModelMetrics,
         max_image_pixels: int,
@@ -77,8 +115,28 @@ class Runtime(abc.ABC):
         self._in_flight = 0
         self._preprocessing = 0  # requests the batcher can expect soon
         self._idle = asyncio.Event()
+        self.tensor_inputs: list[tensors.TensorSpec] = []  # set by warm_up
+        self.tensor_outputs: list[tensors.TensorSpec] = []
 
     # -- what a task implements ------------------------------------------------
+    @classmethod  # noqa: B027 - a hook: most tasks check their model
+    def validate(cls, model: keras.Model, manifest: BaseManifest) -> None:
+        """Refuse, at load, a model this task cannot serve as its manifest says (ValueError).
+        ``kerve publish`` calls it too, before anything is written."""
+
+    @classmethod
+    def make_request(cls, params: pydantic.BaseModel, images: list[bytes]) -> Any:
+        """The request ``preprocess`` takes, from the route's parameters and images."""
+        return params
+
+    @classmethod
+    def images_asked(cls, params: pydantic.BaseModel) -> int:
+        """Images a request without image uploads asks to be made (held to the server's limit)."""
+        return 0
+
+    def check_samples(self, samples: np.ndarray) -> None:  # noqa: B027 - a hook
+        """Refuse (BadRequest) samples sent as tensors that ``predict_batch`` cannot take."""
+
     @abc.abstractmethod
     def preprocess(self, request: Any) -> Prepared:
         """Validate a request and turn it into samples shaped like ``sample_shape``."""
@@ -100,12 +158,16 @@ class Runtime(abc.ABC):
         """``size`` samples that warm_up runs through ``predict_batch``."""
         return np.zeros((size, *self.sample_shape), np.float32)
 
-    # -- lifecycle, driven by the repository -----------------------------------
-    def check_outputs(self, outputs: np.ndarray, batch_size: int) -> None:
-        """Refuse, at load, a model whose outputs postprocess could not read."""
-        if len(outputs) != batch_size:
-            raise ValueError(f"the model returned {len(outputs)} outputs for {batch_size} samples")
+    @property
+    def input_name(self) -> str:
+        """The name of a plain (unstructured) sample tensor: the model's input layer's."""
+        return layer_name(self.model.inputs[0])
 
+    @property
+    def output_name(self) -> str:
+        return layer_name(self.model.outputs[0]) if len(self.model.outputs) == 1 else "output"
+
+    # -- lifecycle, driven by the repository -----------------------------------
     def warm_up(self) -> None:
         """Run every padded batch size, so that no request pays a trace or compile, and
         time a second run of each: the Batcher weighs padding against splitting with it."""
@@ -113,7 +175,13 @@ class Runtime(abc.ABC):
             for size in self.batching.batch_sizes:
                 samples = self.blank_samples(size)
                 outputs = self._inference_thread.submit(self.predict_batch, samples).result()
-                self.check_outputs(outputs, size)
+                if len(outputs) != size:
+                    raise ValueError(
+                        f"the model returned {len(outputs)} outputs for {size} samples"
+                    )
+                if not self.tensor_outputs:
+                    self.tensor_inputs = tensors.specs_of(samples, self.input_name)
+                    self.tensor_outputs = tensors.specs_of(outputs, self.output_name)
                 self.batch_seconds[size] = self._inference_thread.submit(
                     _timed, self.predict_batch, samples
                 ).result()
@@ -148,6 +216,36 @@ class Runtime(abc.ABC):
     # -- serving ---------------------------------------------------------------
     async def infer(self, request: Any) -> Any:
         """Serve one request: preprocess, batched predict, postprocess."""
+        return await self._serve(self.preprocess, self.postprocess, request)
+
+    async def infer_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Serve named input batches (the standard protocols), sharing batches with ``infer``."""
+        return await self._serve(self._join_tensors, self._split_tensors, inputs)
+
+    def _join_tensors(self, inputs: dict[str, np.ndarray]) -> Prepared:
+        specs = self.tensor_inputs
+        if len(specs) == 1 and specs[0].name in inputs and inputs[specs[0].name].dtype == object:
+            return Prepared(self._encoded_images(inputs[specs[0].name]))
+        samples = tensors.join(specs, inputs, structured=len(specs) > 1 or self._structured)
+        self.check_samples(samples)
+        return Prepared(samples)
+
+    def _encoded_images(self, images: np.ndarray) -> np.ndarray:
+        if not self.takes_encoded_images:
+            raise BadRequest(f"model {self.name!r} takes numbers, not encoded images")
+        if images.ndim != 1 or not len(images):
+            raise BadRequest("encoded images come as a list of one or more, one per sample")
+        spec = self.manifest.input
+        return np.stack([imaging.load_sample(d, spec, self.max_image_pixels) for d in images])
+
+    @property
+    def _structured(self) -> bool:
+        return bool(self.blank_samples(1).dtype.names)
+
+    def _split_tensors(self, outputs: np.ndarray, inputs: Any, context: Any) -> dict:
+        return tensors.split(self.tensor_outputs, outputs)
+
+    async def _serve(self, preprocess: Callable, postprocess: Callable, request: Any) -> Any:
         if self._batcher is None:
             raise RuntimeError("infer() before start()")
         self._in_flight += 1
@@ -155,14 +253,12 @@ class Runtime(abc.ABC):
         try:
             self._preprocessing += 1
             try:
-                prepared = await self._in_pool(
-                    self.metrics.preprocess_time, self.preprocess, request
-                )
+                prepared = await self._in_pool(self.metrics.preprocess_time, preprocess, request)
             finally:
                 self._preprocessing -= 1
             outputs = await self._batcher.submit(prepared.samples)
             return await self._in_pool(
-                self.metrics.postprocess_time, self.postprocess, outputs, request, prepared.context
+                self.metrics.postprocess_time, postprocess, outputs, request, prepared.context
             )
         finally:
             self._in_flight -= 1
@@ -182,3 +278,17 @@ def _timed(function: Callable, *args: Any) -> float:
     started = time.perf_counter()
     function(*args)
     return time.perf_counter() - started
+
+
+def layer_name(tensor: keras.KerasTensor) -> str:
+    """The name of the layer that makes a model's input or output tensor."""
+    return tensor._keras_history.operation.name
+
+
+def forward_blank(model: keras.Model, manifest) -> np.ndarray:
+    """The model's output for one blank image of the manifest's input shape (for validate)."""
+    spec = manifest.input
+    outputs = model.predict_on_batch(np.zeros((1, spec.height, spec.width, spec.channels)))
+    if isinstance(outputs, dict | list | tuple):
+        raise ValueError(f"the model has {len(outputs)} outputs; this task needs one")
+    return np.asarray(outputs)

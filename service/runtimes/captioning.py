@@ -21,6 +21,19 @@ from service.runtimes.base import Prepared, Runtime
 MAX_BEAM_SIZE = 8
 
 
+class CaptionParams(pydantic.BaseModel):
+    beam_size: int = pydantic.Field(
+        1,
+        ge=1,
+        le=MAX_BEAM_SIZE,
+        description=f"Beams per image, 1 to {MAX_BEAM_SIZE} (1: greedy decoding); "
+        "with more, the other beams come back as alternatives.",
+    )
+    max_length: int | None = pydantic.Field(
+        None, ge=1, description="Most words per caption (default and limit: the model's)."
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class CaptionRequest:
     images: list[bytes]
@@ -48,9 +61,13 @@ class CaptionResponse(pydantic.BaseModel):
 
 class CaptioningRuntime(Runtime):
     task = "captioning"
+    verb = "caption"
+    summary = "Caption one or more images (greedy or beam search)."
+    Params = CaptionParams
+    Response = CaptionResponse
 
     def __init__(self, name, version, model: keras.Model, manifest, *args, **kwargs) -> None:
-        self.encoder, self.decoder = split_captioner(model, manifest)  # before any thread starts
+        self.encoder, self.decoder = split_captioner(model, manifest)
         super().__init__(name, version, model, manifest, *args, **kwargs)
         text = manifest.text
         self.num_context = len(self.encoder.outputs) - (len(self.decoder.outputs) - 1)
@@ -72,6 +89,14 @@ class CaptioningRuntime(Runtime):
         # Decoder rows (samples x beams) are padded like batches, to sizes warmed up at load.
         self.decoder_rows = BatchConfig(max_batch_size=self.batching.max_batch_size * MAX_BEAM_SIZE)
 
+    @classmethod
+    def validate(cls, model, manifest) -> None:
+        split_captioner(model, manifest)
+
+    @classmethod
+    def make_request(cls, params: CaptionParams, images: list[bytes]) -> CaptionRequest:
+        return CaptionRequest(images, params.beam_size, params.max_length)
+
     def options(self, request: CaptionRequest) -> tuple[int, int]:
         limit = self.manifest.text.max_length
         max_length = limit if request.max_length is None else request.max_length
@@ -82,6 +107,12 @@ class CaptioningRuntime(Runtime):
         if not 1 <= max_length <= limit:
             raise BadRequest(f"max_length must be between 1 and {limit}, got {max_length}")
         return request.beam_size, max_length
+
+    def check_samples(self, samples: np.ndarray) -> None:
+        limit = self.manifest.text.max_length
+        for field, high in (("beam_size", MAX_BEAM_SIZE), ("max_length", limit)):
+            if samples[field].min() < 1 or samples[field].max() > high:
+                raise BadRequest(f"{field} must be between 1 and {high}")
 
     def blank_samples(self, size: int) -> np.ndarray:
         samples = np.zeros(size, self.sample_dtype)

@@ -9,9 +9,18 @@ import pydantic
 
 from service import imaging
 from service.errors import BadRequest
-from service.runtimes.base import Prepared, Runtime
+from service.runtimes.base import Prepared, Runtime, forward_blank
 
 DEFAULT_TOP_K = 5
+
+
+class ClassifyParams(pydantic.BaseModel):
+    top_k: int | None = pydantic.Field(
+        None,
+        ge=1,
+        description=f"Labels per image, best first (default {DEFAULT_TOP_K}, "
+        "at most the number of classes).",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +45,25 @@ class ClassifyResponse(pydantic.BaseModel):
 
 class ClassificationRuntime(Runtime):
     task = "classification"
+    verb = "classify"
+    summary = "Classify one or more images: the top-k labels of each, with scores."
+    Params = ClassifyParams
+    Response = ClassifyResponse
+    takes_encoded_images = True
+
+    @classmethod
+    def make_request(cls, params: ClassifyParams, images: list[bytes]) -> ClassifyRequest:
+        return ClassifyRequest(images, params.top_k)
+
+    @classmethod
+    def validate(cls, model, manifest) -> None:
+        outputs = forward_blank(model, manifest)
+        expected = (1, len(manifest.labels))
+        if outputs.shape != expected:
+            raise ValueError(
+                f"the model's outputs have shape {(None, *outputs.shape[1:])}, but the "
+                f"manifest's {len(manifest.labels)} labels need {(None, *expected[1:])}"
+            )
 
     def top_k(self, request: ClassifyRequest) -> int:
         num_classes = len(self.manifest.labels)
@@ -44,15 +72,6 @@ class ClassificationRuntime(Runtime):
         if not 1 <= request.top_k <= num_classes:
             raise BadRequest(f"top_k must be between 1 and {num_classes}, got {request.top_k}")
         return request.top_k
-
-    def check_outputs(self, outputs: np.ndarray, batch_size: int) -> None:
-        super().check_outputs(outputs, batch_size)
-        expected = (batch_size, len(self.manifest.labels))
-        if outputs.shape != expected:
-            raise ValueError(
-                f"the model's outputs have shape {outputs.shape}, but the manifest's "
-                f"{len(self.manifest.labels)} labels need {expected}"
-            )
 
     def preprocess(self, request: ClassifyRequest) -> Prepared:
         self.top_k(request)  # refuse a bad top_k before any decoding or inference

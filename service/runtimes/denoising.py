@@ -35,18 +35,27 @@ from PIL import Image
 
 from service import imaging, tiling
 from service.errors import BadRequest, PayloadTooLarge
-from service.runtimes.base import PngImage, Prepared, Runtime
+from service.runtimes.base import PngBody, PngImage, Prepared, Runtime
 
 MAX_SIGMA = 255.0
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "F", *imaging.SIXTEEN_BIT_MODES})
 MAD_TO_SIGMA = 0.6745  # median absolute deviation of a unit Gaussian
 
 
+class DenoiseParams(pydantic.BaseModel):
+    sigma: float | None = pydantic.Field(
+        None,
+        ge=0,
+        le=MAX_SIGMA,
+        description=f"Noise standard deviation in pixel levels, 0 to {MAX_SIGMA:g}, for a model "
+        "that takes one (default: estimated from the image). A blind model refuses it.",
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class DenoiseRequest:
     image: bytes
     sigma: float | None = None  # pixel levels; None: estimated (models that take one)
-    png_only: bool = False  # respond with the PNG's bytes instead of JSON
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +80,20 @@ class DenoiseResponse(pydantic.BaseModel):
     tiles: int = pydantic.Field(description="Model samples the image was cut into.")
     image: PngImage = pydantic.Field(description="The denoised image, of the input's size.")
 
+    def as_png(self) -> PngBody:
+        """``Accept: image/png``: the denoised PNG alone."""
+        return PngBody(self.image.png)
+
 
 class DenoisingRuntime(Runtime):
     task = "denoising"
+    verb = "denoise"
+    summary = "Denoise an image of any size: the clean image, as a PNG of the same size."
+    Params = DenoiseParams
+    body = "image"
+    Response = DenoiseResponse
 
     def __init__(self, name, version, model, manifest, *args, **kwargs) -> None:
-        check_inputs(model, manifest)
         super().__init__(name, version, model, manifest, *args, **kwargs)
         self.spec = manifest.denoising
         self.mean = np.asarray(manifest.input.mean, np.float32)
@@ -91,6 +108,34 @@ class DenoisingRuntime(Runtime):
         if self.sample_dtype is not None:
             return np.zeros(size, self.sample_dtype)
         return np.zeros((size, *self.sample_shape), np.uint8)
+
+    @classmethod
+    def make_request(cls, params: DenoiseParams, images: list[bytes]) -> DenoiseRequest:
+        return DenoiseRequest(images[0], params.sigma)
+
+    @classmethod
+    def validate(cls, model, manifest) -> None:
+        """The inputs the manifest says, and tiles out of the shape they went in."""
+        spec = manifest.input
+        wanted = ["image", "noise_map"] if manifest.denoising.sigma_input else ["image"]
+        if len(model.inputs) != len(wanted):
+            raise ValueError(
+                f"the manifest says sigma_input={manifest.denoising.sigma_input}, so the model "
+                f"needs the inputs {wanted}, but it has {len(model.inputs)}"
+            )
+        if model.inputs[0].shape[-1] != spec.channels:
+            raise ValueError(
+                f"the model's image input has {model.inputs[0].shape[-1]} channels, "
+                f"the manifest says {spec.channels}"
+            )
+        tile = np.zeros((1, spec.height, spec.width, spec.channels), np.float32)
+        feed = [tile, tile[..., :1]] if manifest.denoising.sigma_input else tile
+        denoised = np.asarray(model.predict_on_batch(feed))
+        if denoised.shape != tile.shape:
+            raise ValueError(
+                f"the model turned tiles of shape {tile.shape[1:]} into {denoised.shape[1:]}; "
+                "a denoiser's output must have its input's shape"
+            )
 
     def given_sigma(self, sigma: float | None) -> float | None:
         if sigma is None:
@@ -146,12 +191,6 @@ class DenoisingRuntime(Runtime):
             noise_map[...] = samples["sigma"][:, None, None, None] / MAX_SIGMA
             inputs = [pixels, noise_map]
         denoised = np.asarray(self.model.predict_on_batch(inputs))
-        # Tiles all have one shape, so a wrong model fails here at warm-up, never later.
-        if denoised.shape != pixels.shape:
-            raise ValueError(
-                f"the model turned tiles of shape {pixels.shape[1:]} into {denoised.shape[1:]}; "
-                "a denoiser's output must have its input's shape"
-            )
         margin = self.spec.margin
         centres = denoised[:, margin : pixels.shape[1] - margin, margin : pixels.shape[2] - margin]
         levels = centres * self.std
@@ -160,13 +199,11 @@ class DenoisingRuntime(Runtime):
 
     def postprocess(
         self, outputs: np.ndarray, request: DenoiseRequest, tiled: Tiled
-    ) -> DenoiseResponse | bytes:
+    ) -> DenoiseResponse:
         if tiled.mode == "L" and outputs.shape[-1] == 3:
             # The rounded mean of the three channels: exact for equal ones.
             outputs = ((outputs.sum(axis=-1, dtype=np.uint16) + 1) // 3).astype(np.uint8)[..., None]
         image = _as_image(tiling.stitch_tiles(outputs, tiled.grid), tiled.mode)
-        if request.png_only:
-            return imaging.encode_png(image)
         return DenoiseResponse(
             model=self.name,
             version=self.version,
@@ -176,22 +213,6 @@ class DenoisingRuntime(Runtime):
             sigma=None if tiled.sigma is None else round(tiled.sigma, 3),
             tiles=tiled.grid.num_tiles,
             image=PngImage.of(image),
-        )
-
-
-def check_inputs(model, manifest) -> None:
-    """Refuse, at load, a model whose inputs do not match its manifest (ValueError)."""
-    spec = manifest.input
-    wanted = ["image", "noise_map"] if manifest.denoising.sigma_input else ["image"]
-    if len(model.inputs) != len(wanted):
-        raise ValueError(
-            f"the manifest says sigma_input={manifest.denoising.sigma_input}, so the model "
-            f"needs the inputs {wanted}, but it has {len(model.inputs)}"
-        )
-    if model.inputs[0].shape[-1] != spec.channels:
-        raise ValueError(
-            f"the model's image input has {model.inputs[0].shape[-1]} channels, "
-            f"the manifest says {spec.channels}"
         )
 
 

@@ -11,10 +11,9 @@ the batches fall.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import secrets
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pydantic
@@ -22,7 +21,7 @@ from PIL import Image
 
 from service import imaging
 from service.errors import BadRequest, PayloadTooLarge
-from service.runtimes.base import PngImage, Prepared, Runtime
+from service.runtimes.base import PngBody, PngImage, Prepared, Runtime
 
 MAX_COUNT = 64  # images per request
 MAX_SEED = 2**63 - 1 - MAX_COUNT  # every image's seed s + i still fits an int64
@@ -30,23 +29,56 @@ MIN_TRUNCATION, MAX_TRUNCATION = 0.1, 4.0  # below 0.1 resampling takes many rou
 RANDOM_SEEDS = 2**31  # a seed drawn for the client is below this: short to type back
 GRID_GAP = 2  # pixels of background (0) between the images of a PNG grid
 LABELS_LISTED = 20  # known labels an error message lists before "..."
+SEED_HEADER = "X-Kerve-Seed"  # a PNG grid has no JSON to report its seed in
+
+# Strict, so that 7.0 or "7" is not taken for the index 7; a bool passes here and
+# is refused with the model's labels (400), like any label the model does not have.
+Label = Annotated[
+    pydantic.StrictStr | pydantic.StrictInt | pydantic.StrictBool,
+    pydantic.WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 0}]}),
+]
 
 
-@dataclasses.dataclass(frozen=True)
-class GenerateRequest:
-    label: str | int | bool  # a name from manifest.labels or an index; a bool is refused
-    count: int = 1
-    seed: int | None = None  # None: drawn at random and reported
-    truncation: float | None = None  # resample latent values beyond +-truncation
-    png_only: bool = False  # respond with one PNG grid of the images instead of JSON
+class GenerateRequest(pydantic.BaseModel):
+    """What to generate: images of one class."""
 
+    model_config = pydantic.ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"label": "sneaker", "count": 4, "seed": 42},
+                {"label": 7, "count": 9, "truncation": 0.7},
+            ]
+        },
+    )
 
-@dataclasses.dataclass(frozen=True)
-class PngGrid:
-    """The images as one PNG grid (``Accept: image/png``), with the seed that made them."""
-
-    png: bytes
-    seed: int
+    label: Label = pydantic.Field(
+        description="The class: a name from the model's labels (GET /v1/models/{name}; "
+        "case-insensitive if unambiguous) or its index."
+    )
+    count: int = pydantic.Field(
+        default=1,
+        ge=1,
+        le=MAX_COUNT,
+        strict=True,
+        description=f"Images to make, 1 to {MAX_COUNT} (and at most the server's "
+        "max_images_per_request).",
+    )
+    seed: int | None = pydantic.Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        strict=True,
+        description="Image i is made from seed + i alone, so equal seeds give equal images. "
+        "Omitted: drawn at random and reported.",
+    )
+    truncation: float | None = pydantic.Field(
+        default=None,
+        ge=MIN_TRUNCATION,
+        le=MAX_TRUNCATION,
+        description="Truncation trick: latent values beyond +-truncation are drawn again. "
+        "Smaller is more typical and less varied.",
+    )
 
 
 class GeneratedImage(PngImage):
@@ -64,13 +96,23 @@ class GenerateResponse(pydantic.BaseModel):
     height: int
     mode: Literal["L", "RGB"] = pydantic.Field(description="L for a 1-channel model, else RGB.")
     images: list[GeneratedImage] = pydantic.Field(description="Image i was made from seed + i.")
+    _pictures: list[Image.Image] = pydantic.PrivateAttr(default_factory=list)
+
+    def as_png(self) -> PngBody:
+        """``Accept: image/png``: the images as one grid, their seed in a header."""
+        grid = imaging.encode_png(grid_image(self._pictures))
+        return PngBody(grid, {SEED_HEADER: str(self.seed)})
 
 
 class GenerationRuntime(Runtime):
     task = "generation"
+    verb = "generate"
+    summary = "Generate images of one class: JSON with base64 PNGs, or one PNG grid."
+    Params = GenerateRequest
+    body = "params"
+    Response = GenerateResponse
 
     def __init__(self, name, version, model, manifest, *args, **kwargs) -> None:
-        check_inputs(model, manifest)
         super().__init__(name, version, model, manifest, *args, **kwargs)
         self.latent_dim = manifest.generation.latent_dim
         self.mean = np.asarray(manifest.input.mean, np.float32)
@@ -80,8 +122,40 @@ class GenerationRuntime(Runtime):
         )
         self.mode = "L" if manifest.input.channels == 1 else "RGB"
 
+    @classmethod
+    def validate(cls, model, manifest) -> None:
+        """The inputs [latent, label], and images of the manifest's shape out."""
+        latent_dim = manifest.generation.latent_dim
+        shapes = [tuple(tensor.shape[1:]) for tensor in model.inputs]
+        if shapes != [(latent_dim,), (1,)]:
+            raise ValueError(
+                f"a generator takes [latent (batch, {latent_dim}), label (batch, 1)] as the "
+                f"manifest says, but the model's inputs are shaped "
+                f"{[(None, *shape) for shape in shapes]}"
+            )
+        spec = manifest.input
+        made = np.asarray(
+            model.predict_on_batch(
+                [np.zeros((1, latent_dim), np.float32), np.zeros((1, 1), "int32")]
+            )
+        )
+        if made.shape[1:] != (spec.height, spec.width, spec.channels):
+            raise ValueError(
+                f"the model makes images of shape {made.shape[1:]}, the manifest's input says "
+                f"{(spec.height, spec.width, spec.channels)}"
+            )
+
+    @classmethod
+    def images_asked(cls, params: GenerateRequest) -> int:
+        return params.count
+
     def blank_samples(self, size: int) -> np.ndarray:
         return np.zeros(size, self.sample_dtype)
+
+    def check_samples(self, samples: np.ndarray) -> None:
+        labels = samples["label"]
+        if labels.min() < 0 or labels.max() >= len(self.manifest.labels):
+            raise BadRequest(f"label indices run from 0 to {len(self.manifest.labels) - 1}")
 
     def label_index(self, label: str | int | bool) -> int:
         """The index of a label given by name (exact, else case-insensitive) or by index."""
@@ -120,25 +194,16 @@ class GenerationRuntime(Runtime):
         outputs = np.asarray(
             self.model.predict_on_batch([samples["latent"], samples["label"][:, np.newaxis]])
         )
-        # Checked before scaling, which could broadcast one channel to three; every
-        # batch has this shape, so a wrong model fails at warm-up, never later.
-        if outputs.shape[1:] != self.sample_shape:
-            raise ValueError(
-                f"the model makes images of shape {outputs.shape[1:]}, the manifest's input "
-                f"says {self.sample_shape}"
-            )
         pixels = outputs * self.std + self.mean
         return np.clip(np.rint(pixels, out=pixels), 0, 255, out=pixels).astype(np.uint8)
 
     def postprocess(
         self, outputs: np.ndarray, request: GenerateRequest, context: tuple[int, int]
-    ) -> GenerateResponse | PngGrid:
+    ) -> GenerateResponse:
         index, seed = context
         planes = outputs[..., 0] if self.mode == "L" else outputs
         images = [Image.fromarray(pixels, self.mode) for pixels in planes]
-        if request.png_only:
-            return PngGrid(imaging.encode_png(grid_image(images)), seed)
-        return GenerateResponse(
+        response = GenerateResponse(
             model=self.name,
             version=self.version,
             label=self.manifest.labels[index],
@@ -148,22 +213,10 @@ class GenerationRuntime(Runtime):
             width=self.manifest.input.width,
             height=self.manifest.input.height,
             mode=self.mode,
-            images=[
-                GeneratedImage(seed=seed + i, b64=PngImage.of(image).b64)
-                for i, image in enumerate(images)
-            ],
+            images=[GeneratedImage.of(image, seed=seed + i) for i, image in enumerate(images)],
         )
-
-
-def check_inputs(model, manifest) -> None:
-    """Refuse, at load, a model whose inputs are not [latent, label] (ValueError)."""
-    latent_dim = manifest.generation.latent_dim
-    shapes = [tuple(tensor.shape[1:]) for tensor in model.inputs]
-    if shapes != [(latent_dim,), (1,)]:
-        raise ValueError(
-            f"a generator takes [latent (batch, {latent_dim}), label (batch, 1)] as the manifest "
-            f"says, but the model's inputs are shaped {[(None, *shape) for shape in shapes]}"
-        )
+        response._pictures = images
+        return response
 
 
 def latent_vector(seed: int, latent_dim: int, truncation: float | None = None) -> np.ndarray:

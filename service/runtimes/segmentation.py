@@ -9,16 +9,21 @@ import pydantic
 from PIL import Image
 
 from service import imaging
-from service.runtimes.base import PngImage, Prepared, Runtime
+from service.runtimes.base import PngBody, PngImage, Prepared, Runtime, forward_blank
 
 MAX_CLASSES = 256  # one byte per mask pixel
+
+
+class SegmentParams(pydantic.BaseModel):
+    overlay: bool = pydantic.Field(
+        False, description="Also return the mask blended over the image (PNG)."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class SegmentRequest:
     image: bytes
     overlay: bool = False
-    mask_only: bool = False  # respond with the mask PNG's bytes instead of JSON
 
 
 class SegmentResponse(pydantic.BaseModel):
@@ -37,22 +42,37 @@ class SegmentResponse(pydantic.BaseModel):
         None, description="With ?overlay=true: the mask's colours blended over the image."
     )
 
+    def as_png(self) -> PngBody:
+        """``Accept: image/png``: the mask PNG alone."""
+        return PngBody(self.mask.png)
+
 
 class SegmentationRuntime(Runtime):
     task = "segmentation"
+    verb = "segment"
+    summary = "Segment an image: a class per pixel, as a mask PNG of the image's size."
+    Params = SegmentParams
+    body = "image"
+    Response = SegmentResponse
+    takes_encoded_images = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.palette = imaging.class_palette(len(self.manifest.labels))
 
-    def check_outputs(self, outputs: np.ndarray, batch_size: int) -> None:
-        super().check_outputs(outputs, batch_size)
-        if len(self.manifest.labels) > MAX_CLASSES:
+    @classmethod
+    def make_request(cls, params: SegmentParams, images: list[bytes]) -> SegmentRequest:
+        return SegmentRequest(images[0], params.overlay)
+
+    @classmethod
+    def validate(cls, model, manifest) -> None:
+        if len(manifest.labels) > MAX_CLASSES:
             raise ValueError(f"a PNG mask holds at most {MAX_CLASSES} classes")
-        if outputs.ndim != 4 or outputs.shape[-1] != len(self.manifest.labels):
+        outputs = forward_blank(model, manifest)
+        if outputs.ndim != 4 or outputs.shape[-1] != len(manifest.labels):
             raise ValueError(
-                f"the model's outputs have shape {outputs.shape}, but segmentation needs "
-                f"(batch, height, width, {len(self.manifest.labels)} classes)"
+                f"the model's outputs have shape {(None, *outputs.shape[1:])}, but segmentation "
+                f"needs (batch, height, width, {len(manifest.labels)} classes)"
             )
 
     def preprocess(self, request: SegmentRequest) -> Prepared:
@@ -64,12 +84,10 @@ class SegmentationRuntime(Runtime):
 
     def postprocess(
         self, outputs: np.ndarray, request: SegmentRequest, image: Image.Image
-    ) -> SegmentResponse | bytes:
+    ) -> SegmentResponse:
         classes = np.argmax(outputs[0], axis=-1).astype(np.uint8)
         mask = imaging.mask_image(classes, self.palette)
         mask = mask.resize(image.size, Image.Resampling.NEAREST)
-        if request.mask_only:
-            return imaging.encode_png(mask)
         counts = np.bincount(np.asarray(mask).ravel(), minlength=len(self.manifest.labels))
         total = image.width * image.height
         return SegmentResponse(

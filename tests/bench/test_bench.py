@@ -81,7 +81,7 @@ def test_every_workload_is_one_sample_per_request_and_served_alone(models, task)
     preprocessing (one sample, so Ray's batch of calls is a batch of samples) and
     response."""
     served = standalone.load(standalone.find_version(models, task), task)
-    assert served.runtime.task == TASKS[task]
+    assert served.runtime.task == TASKS[task].task
     for body in served.workload.bodies[:3]:
         prepared = served.runtime.preprocess(served.workload.request(body))
         assert len(prepared.samples) == 1

@@ -171,15 +171,18 @@ async def test_cancelled_request_is_dropped(make_batcher):
     assert [c[0, 0] for c in model.calls] == [1, 3]
 
 
-async def test_raising_model_fails_only_its_batch(make_batcher):
+async def test_raising_request_fails_alone_and_its_batch_mates_are_answered(make_batcher):
     model = CountingModel(fail_when=lambda batch: (batch == 13).any())
     batcher = make_batcher(model, max_batch_size=2, max_delay_ms=20)
     results = await asyncio.gather(
         batcher.submit(samples(13)), batcher.submit(samples(1)), return_exceptions=True
     )
-    assert all(isinstance(r, InferenceFailed) for r in results)  # both were in the bad batch
-    assert results[0].status_code == 500
+    assert isinstance(results[0], InferenceFailed) and results[0].status_code == 500
     assert "RuntimeError" in results[0].message
+    assert results[1][0, 0] == 2  # shared the failed batch, then ran on its own
+    assert model.sizes == [2, 1, 1]
+    alone = await asyncio.gather(batcher.submit(samples(13, 13)), return_exceptions=True)
+    assert isinstance(alone[0], InferenceFailed) and model.sizes[-1] == 2  # no retry alone
     after = await asyncio.gather(batcher.submit(samples(4)), batcher.submit(samples(5)))
     assert [r[0, 0] for r in after] == [8, 10]
 

@@ -225,10 +225,10 @@ def test_warm_up_leaves_no_trace_for_requests(caption_client):
     [
         ("not an image", "/v1/caption", {"content": b"garbage", "headers": PNG}, 400,
          "invalid_image"),
-        ("beam size 0", "/v1/caption?beam_size=0", {}, 400, "bad_request"),
-        ("beam size 9", "/v1/caption?beam_size=9", {}, 400, "bad_request"),
+        ("beam size 0", "/v1/caption?beam_size=0", {}, 422, "invalid_request"),
+        ("beam size 9", "/v1/caption?beam_size=9", {}, 422, "invalid_request"),
         ("beam size not a number", "/v1/caption?beam_size=x", {}, 422, "invalid_request"),
-        ("max length 0", "/v1/caption?max_length=0", {}, 400, "bad_request"),
+        ("max length 0", "/v1/caption?max_length=0", {}, 422, "invalid_request"),
         ("max length too long", f"/v1/caption?max_length={CAPTION_MAX_LENGTH + 1}", {}, 400,
          "bad_request"),
         ("unsupported content type", "/v1/caption",

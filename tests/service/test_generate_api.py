@@ -386,7 +386,13 @@ def test_openapi_documents_the_generate_routes(generate_client):
     for path, description in routes.items():
         operation = paths[path]["post"]
         assert description in operation["description"]
-        body = operation["requestBody"]["content"]["application/json"]
-        assert body["examples"]["four sneakers"]["value"]["label"] == "sneaker"
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/GenerateRequest"}
+    generate_request = generate_client.get("/openapi.json").json()["components"]["schemas"][
+        "GenerateRequest"
+    ]
+    assert generate_request["examples"][0]["label"] == "sneaker"
+    for path in routes:
+        operation = paths[path]["post"]
         assert "image/png" in operation["responses"]["200"]["content"]
     assert generate_client.get("/docs").status_code == 200
