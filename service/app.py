@@ -19,7 +19,7 @@ from service.errors import ServiceError
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.repository import ModelRepository
-from service.routes import health, models, tasks
+from service.routes import health, models, tasks, tfserving, v2
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> fastapi.FastAPI:
     )
     for exception_type, handler in EXCEPTION_HANDLERS.items():
         app.add_exception_handler(exception_type, handler)
-    for router in (tasks.task_router(), models.router, health.router):
+    for router in (tasks.task_router(), models.router, health.router, v2.router, tfserving.router):
         app.include_router(router)
     _add_offline_docs(app)
     return app
