@@ -13,9 +13,11 @@ from service.logs import logging_config
 from service.settings import Settings, get_settings
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None = None, prog: str = "python -m service"
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m service",
+        prog=prog,
         description="Serve the models of a Kerve repository over HTTP. Every option can "
         "also be set as a SERVE_* environment variable (SERVE_MODELS_DIR, SERVE_PORT, ...).",
     )
@@ -33,8 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m service") -> None:
+    args = parse_args(argv, prog)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines are noise
     # Workers build their app from the environment, so the options travel there.
     for key, value in vars(args).items():

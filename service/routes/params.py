@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import fastapi
@@ -43,9 +43,30 @@ def resolve_runtime(
 ) -> Runtime:
     """The runtime for a task request; records model and version for the metrics."""
     runtime = get_repository(request).get_for_task(task, name or None, parse_version(version))
+    return _recorded(request, runtime)
+
+
+def resolve_model(request: fastapi.Request, name: str, version: str | None) -> Runtime:
+    """The runtime of a model (any task) named in a protocol's path; recorded likewise."""
+    return _recorded(request, get_repository(request).get(name, parse_version(version)))
+
+
+def _recorded(request: fastapi.Request, runtime: Runtime) -> Runtime:
     request.state.model = runtime.name
     request.state.version = runtime.version
     return runtime
+
+
+def protocol_route(metrics_task: str = "") -> Callable[[Callable], Callable]:
+    """Mark a standard protocol's handler: its errors travel as ``{"error": message}``
+    (the app's error handlers read the mark) and ``metrics_task`` labels its metrics."""
+
+    def mark(endpoint: Callable) -> Callable:
+        endpoint.protocol_errors = True
+        endpoint.metrics_task = metrics_task
+        return endpoint
+
+    return mark
 
 
 def respond(request: fastapi.Request, result: Any) -> Any:

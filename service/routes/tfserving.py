@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
 from typing import Any
 
 import fastapi
@@ -23,8 +22,8 @@ from service import tensors
 from service.errors import BadRequest, PayloadTooLarge
 from service.routes.params import (
     get_app_settings,
-    get_repository,
-    parse_version,
+    protocol_route,
+    resolve_model,
     unless_disconnected,
 )
 from service.runtimes import Runtime
@@ -74,17 +73,6 @@ class TFServingJSON(fastapi.responses.JSONResponse):
         return json.dumps(content, separators=(",", ":")).encode()
 
 
-def _protocol(metrics_task: str = "") -> Callable:
-    """Mark a handler: TF Serving's error body, and the metrics' task label."""
-
-    def mark(endpoint: Callable) -> Callable:
-        endpoint.protocol_errors = True
-        endpoint.metrics_task = metrics_task
-        return endpoint
-
-    return mark
-
-
 # -- predict --------------------------------------------------------------------------
 @router.post(
     "/v1/models/{name}:predict",
@@ -92,7 +80,7 @@ def _protocol(metrics_task: str = "") -> Callable:
     summary="Predict with the newest version (TF Serving REST)",
     openapi_extra=PREDICT_BODY,
 )
-@_protocol("predict")
+@protocol_route("predict")
 async def predict(request: fastapi.Request, name: str) -> TFServingJSON:
     """Row (``instances``) or columnar (``inputs``) request, TF Serving's way."""
     return await _predict(request, name, None)
@@ -104,14 +92,14 @@ async def predict(request: fastapi.Request, name: str) -> TFServingJSON:
     summary="Predict with one model version (TF Serving REST)",
     openapi_extra=PREDICT_BODY,
 )
-@_protocol("predict")
+@protocol_route("predict")
 async def predict_version(request: fastapi.Request, name: str, version: str) -> TFServingJSON:
     """Row (``instances``) or columnar (``inputs``) request, TF Serving's way."""
     return await _predict(request, name, version)
 
 
 async def _predict(request: fastapi.Request, name: str, version: str | None) -> TFServingJSON:
-    runtime = _runtime(request, name, version)
+    runtime = resolve_model(request, name, version)
     body = _read_json(await request.body())
     signature = body.get("signature_name", SIGNATURE)
     if signature not in ("", SIGNATURE):
@@ -130,13 +118,6 @@ async def _predict(request: fastapi.Request, name: str, version: str | None) -> 
     if len(outputs) == 1:
         return TFServingJSON({"outputs": next(iter(outputs.values())).tolist()})
     return TFServingJSON({"outputs": {key: value.tolist() for key, value in outputs.items()}})
-
-
-def _runtime(request: fastapi.Request, name: str, version: str | None) -> Runtime:
-    runtime = get_repository(request).get(name, parse_version(version))
-    request.state.model = runtime.name
-    request.state.version = runtime.version
-    return runtime
 
 
 def _read_json(body: bytes) -> dict[str, Any]:
@@ -242,20 +223,20 @@ def _rows(outputs: dict[str, np.ndarray]) -> list:
 @router.get(
     "/v1/models/{name}/metadata", summary="Signature of the newest version (TF Serving REST)"
 )
-@_protocol()
+@protocol_route()
 async def metadata(request: fastapi.Request, name: str) -> dict[str, Any]:
     """The model's tensors as TF Serving's ``serving_default`` signature."""
-    return _metadata(_runtime(request, name, None))
+    return _metadata(resolve_model(request, name, None))
 
 
 @router.get(
     "/v1/models/{name}/versions/{version}/metadata",
     summary="Signature of one model version (TF Serving REST)",
 )
-@_protocol()
+@protocol_route()
 async def metadata_version(request: fastapi.Request, name: str, version: str) -> dict[str, Any]:
     """The model version's tensors as TF Serving's ``serving_default`` signature."""
-    return _metadata(_runtime(request, name, version))
+    return _metadata(resolve_model(request, name, version))
 
 
 def _metadata(runtime: Runtime) -> dict[str, Any]:

@@ -8,7 +8,6 @@ the protocol's ``{"error": message}``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import fastapi
@@ -18,7 +17,12 @@ from starlette.concurrency import run_in_threadpool
 from service import v2_codec
 from service.errors import BadRequest, UnsupportedMediaType
 from service.repository import VersionState
-from service.routes.params import get_repository, parse_version, unless_disconnected
+from service.routes.params import (
+    get_repository,
+    protocol_route,
+    resolve_model,
+    unless_disconnected,
+)
 from service.runtimes import Runtime
 from service.tensors import BYTES, TensorSpec
 
@@ -28,40 +32,22 @@ VERSION = "/v2/models/{name}/versions/{version}"
 EXTENSIONS = ["binary_tensor_data"]
 
 
-def _protocol(task: str = "") -> Callable:
-    """Mark a handler for the app's error handlers ({"error": message}) and its metrics."""
-
-    def mark(endpoint: Callable) -> Callable:
-        endpoint.protocol_errors = True
-        endpoint.metrics_task = task
-        return endpoint
-
-    return mark
-
-
-def _runtime(request: fastapi.Request, name: str, version: str | None) -> Runtime:
-    runtime = get_repository(request).get(name, parse_version(version))
-    request.state.model = runtime.name
-    request.state.version = runtime.version
-    return runtime
-
-
 @router.get("/v2")
-@_protocol()
+@protocol_route()
 async def server_metadata(request: fastapi.Request) -> dict[str, Any]:
     """Server metadata: name, version and the protocol extensions it speaks."""
     return {"name": "kerve", "version": request.app.version, "extensions": EXTENSIONS}
 
 
 @router.get("/v2/health/live")
-@_protocol()
+@protocol_route()
 async def server_live() -> dict[str, bool]:
     """Liveness: 200 while the process answers."""
     return {"live": True}
 
 
 @router.get("/v2/health/ready", responses={503: {"description": "Not ready (see /readyz)."}})
-@_protocol()
+@protocol_route()
 async def server_ready(request: fastapi.Request) -> fastapi.responses.JSONResponse:
     """Readiness: 200 once the first load is done and every model serves a version."""
     ready = get_repository(request).is_ready()
@@ -70,12 +56,12 @@ async def server_ready(request: fastapi.Request) -> fastapi.responses.JSONRespon
 
 @router.get(MODEL)
 @router.get(VERSION)
-@_protocol()
+@protocol_route()
 async def model_metadata(
     request: fastapi.Request, name: str, version: str | None = None
 ) -> dict[str, Any]:
     """A model's available versions and its input and output tensors (-1: the batch axis)."""
-    runtime = _runtime(request, name, version)
+    runtime = resolve_model(request, name, version)
     entries = reversed(get_repository(request).versions(name))
     inputs = [_tensor_metadata(spec) for spec in runtime.tensor_inputs]
     if runtime.takes_encoded_images:
@@ -96,23 +82,23 @@ def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
 
 @router.get(f"{MODEL}/ready")
 @router.get(f"{VERSION}/ready")
-@_protocol()
+@protocol_route()
 async def model_ready(
     request: fastapi.Request, name: str, version: str | None = None
 ) -> dict[str, Any]:
     """200 when the model (version) serves; 404 if unknown, 503 while loading."""
-    runtime = _runtime(request, name, version)
+    runtime = resolve_model(request, name, version)
     return {"name": runtime.name, "ready": True}
 
 
 @router.post(f"{MODEL}/infer", name="v2_infer_model")
 @router.post(f"{VERSION}/infer", name="v2_infer_version")
-@_protocol("infer")
+@protocol_route("infer")
 async def infer(
     request: fastapi.Request, name: str, version: str | None = None
 ) -> fastapi.Response:
     """Inference: JSON tensors, or the binary tensor data extension."""
-    runtime = _runtime(request, name, version)
+    runtime = resolve_model(request, name, version)
     if request.headers.get("content-encoding", "identity") != "identity":
         raise UnsupportedMediaType("compressed request bodies are not supported")
     body = await request.body()

@@ -29,8 +29,14 @@ class TensorRuntime(Runtime):
 
     @classmethod
     def validate(cls, model: keras.Model, manifest) -> None:
-        model_tensors(named_inputs(model))
+        """Tensors that can be batched and sent, and a forward pass of one blank sample."""
+        inputs = model_tensors(named_inputs(model))
         model_tensors(named_outputs(model))
+        blank = {spec.name: np.zeros((1, *spec.shape), spec.dtype) for spec in inputs}
+        if _as_dict(model, "input") is not None:
+            model.predict_on_batch(blank)
+        else:
+            model.predict_on_batch([blank[spec.name] for spec in inputs])
 
     def blank_samples(self, size: int) -> np.ndarray:
         return np.zeros(size, self.sample_dtype)

@@ -1,0 +1,371 @@
+"""`kerve`: serve a model repository, publish a Keras file into it, list its models.
+
+    kerve serve [options]                         what `python -m service` does
+    kerve publish MODEL.keras --name N --task T   check a model, publish its next version
+    kerve models [--url URL | --models-dir DIR]   models, versions and states as a table
+
+The service (and with it Keras) is imported inside the subcommands that need it,
+so that `kerve models` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import re
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+import kerve_manifest
+
+if TYPE_CHECKING:
+    import keras
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_MODELS_DIR = os.environ.get("SERVE_MODELS_DIR", "models")
+# Tasks whose manifests need what a Keras file does not say.
+NOT_INFERABLE = {
+    "captioning": "a captioner's manifest needs its vocabulary",
+    "generation": "a generator's manifest needs its latent size",
+}
+LABELLED_TASKS = ("classification", "segmentation", "generation")
+IMAGE_TASKS = ("classification", "segmentation", "denoising")
+DENOISING_TILE = 256  # a denoiser that takes any size is tiled as training/denoiser.py does
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class CommandError(Exception):
+    """Why a command cannot go on, told in one line."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "serve":  # every option is the service's own
+        return serve(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return args.run(args)
+    except CommandError as error:
+        print(f"kerve {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kerve", description="Kerve: serve Keras models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "serve", add_help=False, help="serve a model repository over HTTP (kerve serve --help)"
+    )
+    add_publish_parser(commands)
+    add_models_parser(commands)
+    return parser
+
+
+def serve(options: list[str]) -> int:
+    from service.__main__ import main as serve_main
+
+    serve_main(options, prog="kerve serve")
+    return 0
+
+
+# -- publish ---------------------------------------------------------------------------------
+
+
+def add_publish_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "publish",
+        help="check a .keras file against a task and publish it as the next version",
+        description="Load MODEL the way the server will, check it against the task with a "
+        "forward pass and publish it as the next version of NAME. A running server picks "
+        "it up by its repository polling.",
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL.keras")
+    parser.add_argument("--name", required=True, help="the model's name in the repository")
+    parser.add_argument("--task", required=True, choices=sorted(kerve_manifest.MANIFEST_TYPES))
+    parser.add_argument("--labels", type=Path, help="class names, one a line, by output index")
+    parser.add_argument(
+        "--scaling",
+        help="pixel scaling of an image input: raw, unit (the default), symmetric or MEAN,STD",
+    )
+    parser.add_argument("--batching", help='batching knobs as JSON: {"max_batch_size": 8}')
+    parser.add_argument("--models-dir", type=Path, default=Path(DEFAULT_MODELS_DIR))
+    parser.add_argument("--description", default="", help="one line on what the model does")
+    parser.set_defaults(run=publish)
+
+
+def publish(args: argparse.Namespace) -> int:
+    check_options(args)
+    labels = read_labels(args.labels) if args.labels else None
+    batching = parse_batching(args.batching)
+    with backend_output_held():
+        model = load_model(args.model)
+        manifest = build_manifest(args, model, labels, batching)
+        check_task(model, manifest)
+        target = write_version(model, manifest, args.models_dir, args.name)
+    print(f"published {args.name} version {target.name}: {target}")
+    return 0
+
+
+@contextlib.contextmanager
+def backend_output_held() -> Iterator[None]:
+    """Hold what is written to stderr (file descriptor 2) meanwhile: TensorFlow's C++ side
+    logs there whatever TF_CPP_MIN_LOG_LEVEL says. Shown only if something unexpected
+    fails; a CommandError is all the user needs to read."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        unexpected = True
+        try:
+            yield
+            unexpected = False
+        except CommandError:
+            unexpected = False
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if unexpected:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse, before any loading, what the options alone show is wrong."""
+    if args.task in NOT_INFERABLE:
+        raise CommandError(
+            f"{NOT_INFERABLE[args.task]}, which a .keras file does not hold; publish a "
+            f"{args.task} model from Python with kerve_publish.publish"
+        )
+    if not NAME_PATTERN.fullmatch(args.name):
+        raise CommandError(f"--name {args.name!r}: letters, digits, '.', '_' and '-' only")
+    if args.task in LABELLED_TASKS and args.labels is None:
+        raise CommandError(f"a {args.task} model needs --labels FILE (one label a line)")
+    if args.task not in LABELLED_TASKS and args.labels is not None:
+        raise CommandError(f"a {args.task} model has no labels; leave out --labels")
+    if args.task not in IMAGE_TASKS and args.scaling is not None:
+        raise CommandError(f"a {args.task} model takes no images; leave out --scaling")
+
+
+def read_labels(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"cannot read the labels file {path}: {one_line(error)}") from error
+    labels = [line.strip() for line in lines if line.strip()]
+    duplicates = sorted(label for label, count in collections.Counter(labels).items() if count > 1)
+    if duplicates:
+        raise CommandError(f"the labels file {path} repeats {', '.join(duplicates)}")
+    return labels
+
+
+def parse_batching(text: str | None) -> kerve_manifest.BatchingSpec:
+    if text is None:
+        return kerve_manifest.BatchingSpec()
+    try:
+        return kerve_manifest.BatchingSpec.model_validate_json(text)
+    except pydantic.ValidationError as error:
+        raise CommandError(f"--batching: {describe(error)}") from error
+
+
+def load_model(path: Path) -> keras.Model:
+    """Load ``path`` as the server does: a .keras archive, safe mode, not compiled."""
+    if not path.is_file():
+        raise CommandError(f"{path}: no such file")
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise CommandError(f"{path} is not a .keras file (a zip archive Keras saved)")
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:
+        raise CommandError(f"{path} does not load: {one_line(error)}") from error
+
+
+def build_manifest(
+    args: argparse.Namespace,
+    model: keras.Model,
+    labels: list[str] | None,
+    batching: kerve_manifest.BatchingSpec,
+) -> kerve_manifest.BaseManifest:
+    fields: dict[str, Any] = {
+        "batching": batching,
+        "description": args.description,
+        "provenance": {"source": str(args.model.resolve())},
+    }
+    if args.task in IMAGE_TASKS:
+        fields["input"] = input_spec(model, args.task, args.scaling or "unit")
+    if labels is not None:
+        fields["labels"] = labels
+    if args.task == "denoising":
+        fields["denoising"] = kerve_manifest.DenoisingSpec(sigma_input=len(model.inputs) == 2)
+    try:
+        return kerve_manifest.MANIFEST_TYPES[args.task](**fields)
+    except pydantic.ValidationError as error:
+        raise CommandError(f"invalid manifest: {describe(error)}") from error
+
+
+def input_spec(model: keras.Model, task: str, scaling: str) -> kerve_manifest.InputSpec:
+    """Height, width and channels from the model's (first) input, with the pixel scaling."""
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or shape[-1] not in (1, 3):
+        raise CommandError(
+            f"a {task} model takes images (batch, height, width, 1 or 3 channels); "
+            f"this one's input is shaped {shape}"
+        )
+    height, width, channels = shape[1:]
+    if task == "denoising" and height is None and width is None:
+        height = width = DENOISING_TILE
+    if height is None or width is None:
+        raise CommandError(f"the model's input {shape} does not fix the image height and width")
+    if scaling in kerve_manifest.PIXEL_SCALINGS:
+        return kerve_manifest.InputSpec.scaled(height, width, channels, scaling)
+    try:
+        mean, std = (float(value) for value in scaling.split(","))
+        return kerve_manifest.InputSpec(
+            height=height, width=width, channels=channels, mean=[mean], std=[std]
+        )
+    except (ValueError, pydantic.ValidationError) as error:
+        raise CommandError(
+            f"--scaling {scaling!r}: raw, unit, symmetric or MEAN,STD with STD > 0"
+        ) from error
+
+
+def check_task(model: keras.Model, manifest: kerve_manifest.BaseManifest) -> None:
+    """The task runtime's own load-time check, a forward pass for the image tasks."""
+    from service.runtimes import RUNTIMES
+
+    try:
+        RUNTIMES[manifest.task].validate(model, manifest)
+    except Exception as error:
+        raise CommandError(
+            f"the model does not fit the {manifest.task} task: {one_line(error)}"
+        ) from error
+
+
+def write_version(
+    model: keras.Model, manifest: kerve_manifest.BaseManifest, models_dir: Path, name: str
+) -> Path:
+    """Publish atomically; on failure, take away the folders this call made."""
+    import kerve_publish
+
+    made = [path for path in (models_dir / name, models_dir) if not path.exists()]
+    try:
+        return kerve_publish.publish(model, manifest, models_dir, name)
+    except Exception as error:
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if empty: the staging folder is gone already
+        raise CommandError(f"cannot publish into {models_dir}: {one_line(error)}") from error
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def add_models_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "models",
+        help="list the models, their versions and states",
+        description="List a server's models (its GET /v1/models) or a repository folder's.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--url", help=f"a running server (default {DEFAULT_URL})")
+    source.add_argument("--models-dir", type=Path, help="a model repository folder")
+    parser.set_defaults(run=list_models)
+
+
+def list_models(args: argparse.Namespace) -> int:
+    if args.models_dir is not None:
+        rows = folder_rows(args.models_dir)
+    else:
+        rows = server_rows(args.url or DEFAULT_URL)
+    print(format_table(["NAME", "VERSION", "STATE", "TASK"], rows))
+    return 0
+
+
+def server_rows(url: str) -> list[list[str]]:
+    address = f"{url.rstrip('/')}/v1/models"
+    try:
+        with urllib.request.urlopen(address, timeout=10) as response:
+            listing = json.load(response)
+    except (OSError, ValueError) as error:  # URLError and HTTPError are OSErrors
+        raise CommandError(f"cannot list the models of {address}: {one_line(error)}") from error
+    rows = []
+    for model in listing["models"]:
+        for version in model["versions"] or [{}]:
+            rows.append(
+                [
+                    model["name"],
+                    str(version.get("version", "-")),
+                    version.get("state", "-"),
+                    version.get("task") or "-",
+                    version.get("error") or "",
+                ]
+            )
+    return rows
+
+
+def folder_rows(models_dir: Path) -> list[list[str]]:
+    if not models_dir.is_dir():
+        raise CommandError(f"{models_dir} is not a folder")
+    rows = []
+    for model_dir in sorted(models_dir.iterdir()):
+        if model_dir.is_dir() and not model_dir.name.startswith("."):
+            for version in kerve_manifest.list_versions(model_dir):
+                state = version_state(model_dir / str(version))
+                rows.append([model_dir.name, str(version), *state])
+    return rows
+
+
+def version_state(version_dir: Path) -> list[str]:
+    """[state, task, reason] of a version folder, from its files alone (nothing is loaded)."""
+    try:
+        manifest = kerve_manifest.read_manifest(version_dir)
+    except (OSError, ValueError) as error:
+        return ["INVALID", "-", one_line(error, 200)]
+    if not zipfile.is_zipfile(version_dir / kerve_manifest.MODEL_FILE):
+        return ["INVALID", manifest.task, f"{kerve_manifest.MODEL_FILE} is missing or not a zip"]
+    return ["PUBLISHED", manifest.task, ""]
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """Aligned columns; a last column of reasons (ERROR) only when a row has one."""
+    if any(row[len(header)] for row in rows):
+        header = [*header, "ERROR"]
+    rows = [header, *(row[: len(header)] for row in rows)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join([*map(str.ljust, row[:-1], widths), row[-1]]) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# -- messages --------------------------------------------------------------------------------
+
+
+def describe(error: pydantic.ValidationError) -> str:
+    """A validation error's reasons on one line."""
+    return "; ".join(
+        f"{'.'.join(map(str, item['loc'])) or 'value'}: {item['msg']}" for item in error.errors()
+    )
+
+
+def one_line(error: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+if __name__ == "__main__":
+    sys.exit(main())
