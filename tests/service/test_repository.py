@@ -211,3 +211,20 @@ def test_docs_assets_are_served_locally(client):
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
     assert {"image/jpeg", "multipart/form-data", "application/json"} <= body.keys()
+
+
+def test_the_heap_is_frozen_while_serving_and_unfrozen_when_a_version_leaves(repository):
+    """Loaded models sit out of the garbage collector's full passes; an unloaded one's
+    objects become collectable again."""
+    import gc
+    import weakref
+
+    with start_client(make_settings(repository, versions_loaded=1)) as client:
+        wait_ready(client)
+        assert gc.get_freeze_count() > 0
+        app_repository = client.app.state.repository
+        old_model = weakref.ref(app_repository.get("colours").model)
+        publish_colour_classifier(repository, sharpness=20.0)
+        wait_until(lambda: states(client) == {2: "AVAILABLE"})
+        wait_until(lambda: gc.collect() >= 0 and old_model() is None, timeout_s=30)
+    assert gc.get_freeze_count() == 0
