@@ -117,6 +117,7 @@ class Runtime(abc.ABC):
         self._idle = asyncio.Event()
         self.tensor_inputs: list[tensors.TensorSpec] = []  # set by warm_up
         self.tensor_outputs: list[tensors.TensorSpec] = []
+        self._structured_samples = False  # a field per input (several inputs), set by warm_up
 
     # -- what a task implements ------------------------------------------------
     @classmethod  # noqa: B027 - a hook: most tasks check their model
@@ -180,6 +181,7 @@ class Runtime(abc.ABC):
                         f"the model returned {len(outputs)} outputs for {size} samples"
                     )
                 if not self.tensor_outputs:
+                    self._structured_samples = bool(samples.dtype.names)
                     self.tensor_inputs = tensors.specs_of(samples, self.input_name)
                     self.tensor_outputs = tensors.specs_of(outputs, self.output_name)
                 self.batch_seconds[size] = self._inference_thread.submit(
@@ -226,7 +228,7 @@ class Runtime(abc.ABC):
         specs = self.tensor_inputs
         if len(specs) == 1 and specs[0].name in inputs and inputs[specs[0].name].dtype == object:
             return Prepared(self._encoded_images(inputs[specs[0].name]))
-        samples = tensors.join(specs, inputs, structured=len(specs) > 1 or self._structured)
+        samples = tensors.join(specs, inputs, structured=self._structured_samples)
         self.check_samples(samples)
         return Prepared(samples)
 
@@ -237,10 +239,6 @@ class Runtime(abc.ABC):
             raise BadRequest("encoded images come as a list of one or more, one per sample")
         spec = self.manifest.input
         return np.stack([imaging.load_sample(d, spec, self.max_image_pixels) for d in images])
-
-    @property
-    def _structured(self) -> bool:
-        return bool(self.blank_samples(1).dtype.names)
 
     def _split_tensors(self, outputs: np.ndarray, inputs: Any, context: Any) -> dict:
         return tensors.split(self.tensor_outputs, outputs)

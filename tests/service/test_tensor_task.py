@@ -19,7 +19,11 @@ from service.runtimes.tensor import TensorRuntime
 from tests.helpers import (
     build_tensor_model,
     make_settings,
+    publish_captioner,
     publish_colour_classifier,
+    publish_colour_segmenter,
+    publish_denoiser,
+    publish_generator,
     publish_tensor_model,
     start_client,
     wait_ready,
@@ -179,3 +183,29 @@ def test_a_tensor_model_is_listed_with_its_endpoints_and_refuses_task_routes(tmp
         assert listing["colours"]["endpoints"]["task"] == "/v1/models/colours/classify"
         response = client.post("/v1/models/pair/classify", content=b"x")
         assert response.status_code == 400 and response.json()["error"]["code"] == "wrong_task"
+
+
+def test_every_task_model_answers_as_tensors_through_both_protocols(tmp_path):
+    """Each task's model, as v2 metadata describes it, takes tensors of that description
+    (ones: a valid label, beam size and length too) and gives the outputs it describes."""
+    for publish in (publish_colour_classifier, publish_colour_segmenter, publish_captioner,
+                    publish_denoiser, publish_generator, publish_tensor_model):  # fmt: skip
+        publish(tmp_path)
+    with start_client(make_settings(tmp_path)) as client:
+        wait_ready(client)
+        for model in client.get("/v1/models").json()["models"]:
+            metadata = client.get(f"/v2/models/{model['name']}").json()
+            inputs = [
+                {**spec, "shape": [2, *spec["shape"][1:]],
+                 "data": [1] * 2 * int(np.prod(spec["shape"][1:]))}
+                for spec in metadata["inputs"]
+            ]  # fmt: skip
+            answer = client.post(f"/v2/models/{model['name']}/infer", json={"inputs": inputs})
+            assert answer.status_code == 200, (model["name"], answer.text)
+            shapes = {o["name"]: o["shape"] for o in answer.json()["outputs"]}
+            assert shapes == {o["name"]: [2, *o["shape"][1:]] for o in metadata["outputs"]}
+            instances = {
+                "inputs": {i["name"]: np.reshape(i["data"], i["shape"]).tolist() for i in inputs}
+            }
+            predicted = client.post(f"/v1/models/{model['name']}:predict", json=instances)
+            assert predicted.status_code == 200, (model["name"], predicted.text)
