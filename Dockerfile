@@ -24,7 +24,7 @@ RUN python deploy/requirements.py "$VARIANT" > requirements.txt \
 
 # -- builder: the service installed into that venv ---------------------------------------
 FROM dependencies AS builder
-COPY README.md kerve_manifest.py kerve_publish.py kerve_cli.py ./
+COPY README.md kerve_manifest.py kerve_publish.py kerve_cli.py kerve_backend.py ./
 COPY service service
 RUN pip install --no-deps .
 
@@ -37,7 +37,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN python deploy/requirements.py train > requirements-train.txt \
     && pip install -r requirements-train.txt
-COPY kerve_manifest.py kerve_publish.py ./
+COPY kerve_manifest.py kerve_publish.py kerve_backend.py ./
 COPY training training
 ARG ZOO_PROFILE=fast
 RUN python -m training.zoo --profile "$ZOO_PROFILE" --models-dir /zoo

@@ -34,9 +34,9 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS)),train,test,bench]"
 	touch $@ $(VENV)/.installed-serve
 
+# Serves at once; the missing demo models train behind the server and stop with it.
 serve: $(VENV)/.installed-serve
-	$(PY) -m training.zoo --profile $(strip $(PROFILE)) --models-dir $(MODELS_DIR) --if-missing
-	$(PY) -m service --models-dir $(MODELS_DIR) --host $(HOST) --port $(PORT)
+	$(PY) -m kerve_cli serve --zoo $(strip $(PROFILE)) --models-dir $(MODELS_DIR) --host $(HOST) --port $(PORT)
 
 models: $(VENV)/.installed-serve
 	$(PY) -m training.zoo --profile $(strip $(PROFILE)) --models-dir $(MODELS_DIR)

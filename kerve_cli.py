@@ -1,6 +1,7 @@
 """`kerve`: serve a model repository, publish a Keras file into it, list its models.
 
     kerve serve [options]                         what `python -m service` does
+    kerve serve --zoo fast|full [options]         and trains the missing demo models behind it
     kerve publish MODEL.keras --name N --task T   check a model, publish its next version
     kerve models [--url URL | --models-dir DIR]   models, versions and states as a table
 
@@ -16,12 +17,13 @@ import contextlib
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,10 +77,70 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(options: list[str]) -> int:
+    """``kerve serve [--zoo fast|full] [service options]``: with ``--zoo``, publish the
+    ImageNet classifier if missing, then serve while the rest of the demo zoo trains in
+    a child process group that stops with the server (the next run resumes it)."""
     from service.__main__ import main as serve_main
 
-    serve_main(options, prog="kerve serve")
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--zoo", choices=["fast", "full"])
+    own, rest = parser.parse_known_args(options)
+    if "-h" in rest or "--help" in rest:
+        print(
+            "kerve serve --zoo fast|full: also build the missing demo models (training.zoo) "
+            "behind the server, which picks each up as it is published\n"
+        )
+    if own.zoo is None:
+        serve_main(rest, prog="kerve serve")
+        return 0
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
+    models_dir = Path(peek.parse_known_args(rest)[0].models_dir)
+    zoo = start_zoo(own.zoo, models_dir)
+    try:
+        serve_main(rest, prog="kerve serve")
+    finally:
+        stop_zoo(zoo, models_dir, own.zoo)
     return 0
+
+
+def start_zoo(profile: str, models_dir: Path) -> subprocess.Popen:
+    """Publish the ImageNet classifier (seconds) if missing, then start the rest of the zoo
+    in its own process group, its output on this console."""
+    zoo = [sys.executable, "-m", "training.zoo", "--if-missing", "--models-dir", str(models_dir)]
+    first = "imagenet-classifier"
+    print(f"kerve serve: publishing {first} if missing, then serving", flush=True)
+    if subprocess.run([*zoo, "--only", first], stdin=subprocess.DEVNULL).returncode != 0:
+        print(f"kerve serve: {first} was not published; serving what there is", flush=True)
+    child = subprocess.Popen(
+        [*zoo, "--profile", profile, "--skip", first], stdin=subprocess.DEVNULL, process_group=0
+    )
+    print(
+        f"kerve serve: training the rest of the demo zoo ({profile} profile) behind the server "
+        f"(pid {child.pid}); each model is served once published; it stops with the server",
+        flush=True,
+    )
+    return child
+
+
+def stop_zoo(child: subprocess.Popen, models_dir: Path, profile: str) -> None:
+    """Terminate the zoo's process group (killed after 5 s); its PENDING files say so."""
+    if child.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        print(
+            f"kerve serve: stopped the demo zoo; `kerve serve --zoo {profile}` resumes it",
+            flush=True,
+        )
+    from training.zoo import interrupt_pending
+
+    interrupt_pending(models_dir)
 
 
 # -- publish ---------------------------------------------------------------------------------
@@ -110,38 +172,15 @@ def publish(args: argparse.Namespace) -> int:
     check_options(args)
     labels = read_labels(args.labels) if args.labels else None
     batching = parse_batching(args.batching)
-    with backend_output_held():
+    import kerve_backend
+
+    with kerve_backend.stderr_held(expected=(CommandError,)):
         model = load_model(args.model)
         manifest = build_manifest(args, model, labels, batching)
         check_task(model, manifest)
         target = write_version(model, manifest, args.models_dir, args.name)
     print(f"published {args.name} version {target.name}: {target}")
     return 0
-
-
-@contextlib.contextmanager
-def backend_output_held() -> Iterator[None]:
-    """Hold what is written to stderr (file descriptor 2) meanwhile: TensorFlow's C++ side
-    logs there whatever TF_CPP_MIN_LOG_LEVEL says. Shown only if something unexpected
-    fails; a CommandError is all the user needs to read."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        unexpected = True
-        try:
-            yield
-            unexpected = False
-        except CommandError:
-            unexpected = False
-            raise
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            if unexpected:
-                held.seek(0)
-                sys.stderr.write(held.read().decode(errors="replace"))
 
 
 def check_options(args: argparse.Namespace) -> None:

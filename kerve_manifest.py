@@ -16,6 +16,7 @@ import pydantic
 
 MODEL_FILE = "model.keras"
 MANIFEST_FILE = "manifest.json"
+PENDING_FILE = "PENDING"  # models/<name>/PENDING: a model still to come (the demo zoo)
 SCHEMA_VERSION = 1
 
 # Pixel scalings by name: a model input is (pixel - mean) / std, pixels in 0..255.
@@ -148,7 +149,10 @@ class BaseManifest(pydantic.BaseModel):
     schema_version: int = SCHEMA_VERSION
     task: str
     batching: BatchingSpec = BatchingSpec()
-    description: str = ""
+    # This model answers its task's plain route (/v1/classify, ...) unless the server's
+    # settings name another; among several, the first by name.
+    default_for_task: bool = False
+    description: str = ""  # one line: what the model knows, as a user should hear it
     metrics: dict[str, Any] = {}  # test metrics measured by the training run
     provenance: dict[str, Any] = {}  # script, arguments, data, time, git commit
 

@@ -37,7 +37,6 @@ def parse_args(
 
 def main(argv: list[str] | None = None, prog: str = "python -m service") -> None:
     args = parse_args(argv, prog)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines are noise
     # Workers build their app from the environment, so the options travel there.
     for key, value in vars(args).items():
         if value is not None:

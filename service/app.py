@@ -8,12 +8,12 @@ import importlib.resources
 import logging
 
 import fastapi
-import keras
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from kerve_backend import keras
 from service import logs
 from service.errors import ServiceError
 from service.metrics import Metrics
@@ -64,7 +64,18 @@ def create_app(settings: Settings | None = None) -> fastapi.FastAPI:
     for router in (tasks.task_router(), models.router, health.router, v2.router, tfserving.router):
         app.include_router(router)
     _add_offline_docs(app)
+    _add_page(app)
     return app
+
+
+def _add_page(app: fastapi.FastAPI) -> None:
+    """The try-it page: GET / and its files under /ui (service/static)."""
+    static = importlib.resources.files("service") / "static"
+    app.mount("/ui", StaticFiles(directory=str(static), html=True), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    async def show_page() -> fastapi.responses.FileResponse:
+        return fastapi.responses.FileResponse(str(static / "index.html"))
 
 
 def _add_offline_docs(app: fastapi.FastAPI) -> None:

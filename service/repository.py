@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import functools
 import gc
+import json
 import logging
 import time
 import zipfile
@@ -31,6 +32,7 @@ from service.runtimes import RUNTIMES, Runtime
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+PENDING_FILE = kerve_manifest.PENDING_FILE  # a model still to come (ModelRepository.pending)
 
 
 class VersionState(enum.StrEnum):
@@ -224,12 +226,16 @@ class ModelRepository:
         return runtime
 
     def _first_model_for(self, task: str) -> str:
-        for name in sorted(self._models):
-            if any(
-                e.runtime is not None and e.runtime.task == task
-                for e in self._models[name].values()
-            ):
-                return name
+        """The task's default: the first by name whose manifest says ``default_for_task``,
+        else the first by name."""
+        serving = [
+            (not e.runtime.manifest.default_for_task, name)
+            for name in sorted(self._models)
+            for e in self._models[name].values()
+            if e.runtime is not None and e.runtime.task == task
+        ]
+        if serving:
+            return min(serving)[1]
         if not self.initial_load_done:
             raise NotReady("models are still loading", self.settings.retry_after_s)
         raise ModelNotFound(f"no {task} model is loaded")
@@ -237,11 +243,36 @@ class ModelRepository:
     # -- reporting -------------------------------------------------------------------
     def versions(self, name: str) -> list[ModelVersion]:
         if name not in self._models:
+            if self.pending(name) is not None:
+                return []
             raise ModelNotFound(f"there is no model named {name!r}")
         return sorted(self._models[name].values(), key=lambda e: e.version, reverse=True)
 
     def model_names(self) -> list[str]:
-        return sorted(self._models)
+        """The loaded models and those announced as coming (a PENDING file, see pending)."""
+        pending = set()
+        if self.root.is_dir():
+            for path in self.root.glob(f"*/{PENDING_FILE}"):
+                if not path.parent.name.startswith("."):
+                    pending.add(path.parent.name)
+        return sorted(self._models.keys() | pending)
+
+    def pending(self, name: str) -> dict | None:
+        """What ``models/<name>/PENDING`` says of a model still to come (the demo zoo writes
+        one while it trains the model, and leaves it saying why when it skips or fails it):
+        its JSON object ({"reason": ..., "expected_s": ...}), or None without one. Not
+        loaded, and readiness does not wait for it."""
+        if not name or name.startswith(".") or "/" in name or "\\" in name:
+            return None
+        try:
+            text = (self.root / name / PENDING_FILE).read_text(errors="replace")
+        except OSError:
+            return None
+        try:
+            note = json.loads(text)
+        except ValueError:
+            note = None
+        return note if isinstance(note, dict) else {"reason": " ".join(text.split())[:500]}
 
     def is_ready(self) -> bool:
         """Ready once the first load is done and every model found by it serves a version.

@@ -302,8 +302,9 @@ def main(argv: list[str] | None = None) -> Path:
         ),
         text=text,
         batching=kerve_manifest.BatchingSpec(max_batch_size=16),
-        description=f"{args.decoder.upper()} captioner on {args.backbone} ({args.weights}), "
-        "trained on Kerve scenes",
+        description="describes Fashion-MNIST clothing items on photo backgrounds (synthetic "
+        "Kerve scenes), not your photos; "
+        f"{args.decoder.upper()} captioner on {args.backbone} ({args.weights})",
         metrics={
             **{f"test_{key}": value for key, value in report.items()},
             "val_bleu_4": val_report["bleu_4"],

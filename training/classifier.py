@@ -98,6 +98,16 @@ def predict_labels(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
     return np.argmax(model.predict(dataset, verbose=0), axis=1)
 
 
+def data_description(data: str, class_names: list[str]) -> str:
+    """What the model knows, in one line a user meets in GET /v1/models and the page."""
+    if data == "fashion_mnist":
+        return (
+            "knows only Fashion-MNIST's 10 kinds of clothing, small grey pictures on black; "
+            "not photos (the imagenet-classifier knows photos)"
+        )
+    return f"knows only the {len(class_names)} classes of {data}"
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
@@ -151,7 +161,8 @@ def main(argv: list[str] | None = None) -> Path:
             std=spec.std,
         ),
         labels=class_names,
-        description=f"{args.backbone} ({args.weights}) fine-tuned on {args.data}",
+        description=data_description(args.data, class_names)
+        + f"; {args.backbone} ({args.weights}) fine-tuned",
         metrics={
             "test_accuracy": report["accuracy"],
             "test_macro_f1": report["macro_f1"],

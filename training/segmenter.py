@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> Path:
         ),
         labels=scenes.CLASSES,
         batching=kerve_manifest.BatchingSpec(max_batch_size=16),
-        description=f"U-Net on {args.backbone} ({args.weights}), trained on Kerve scenes",
+        description="finds Fashion-MNIST clothing items pasted on photos (synthetic Kerve "
+        f"scenes), not the objects of your photos; U-Net on {args.backbone} ({args.weights})",
         metrics={
             "test_mean_iou": report["mean_iou"],
             "test_pixel_accuracy": report["pixel_accuracy"],

@@ -49,6 +49,9 @@ class VersionInfo(pydantic.BaseModel):
     error: str | None = None
     loaded_at: datetime | None = None
     task: str | None = None
+    description: str | None = pydantic.Field(
+        default=None, description="What the model knows, in one line (from its manifest)."
+    )
     input: dict[str, Any] | None = None
     batching: dict[str, Any] | None = None
     labels: list[str] | None = pydantic.Field(
@@ -76,6 +79,11 @@ class ModelInfo(pydantic.BaseModel):
     name: str
     serving_version: int | None = pydantic.Field(description="What requests without a version get.")
     versions: list[VersionInfo]
+    pending: dict[str, Any] | None = pydantic.Field(
+        default=None,
+        description="A model still to come (models/<name>/PENDING): why, and in about how "
+        "many seconds (`reason`, `expected_s`).",
+    )
     endpoints: dict[str, str] | None = pydantic.Field(
         default=None,
         description="The paths that serve the newest available version (as `versions[].endpoints`"
@@ -99,6 +107,7 @@ def _version_info(request: fastapi.Request, entry: ModelVersion, detailed: bool)
     if entry.runtime is not None:
         runtime, manifest = entry.runtime, entry.runtime.manifest
         info.task = runtime.task
+        info.description = manifest.description or None
         info.endpoints = _endpoints(request, entry, "version")
         if hasattr(manifest, "input"):
             info.input = manifest.input.model_dump()
@@ -143,13 +152,15 @@ def _tf_serving_status(entry: ModelVersion) -> TfServingVersionStatus:
 
 
 def _model_info(request: fastapi.Request, name: str, detailed: bool) -> ModelInfo:
-    entries = get_repository(request).versions(name)
+    repository = get_repository(request)
+    entries = repository.versions(name)
     available = [e for e in entries if e.state is VersionState.AVAILABLE]
     newest = max(available, key=lambda e: e.version, default=None)
     return ModelInfo(
         name=name,
         serving_version=newest.version if newest else None,
         versions=[_version_info(request, e, detailed) for e in entries],
+        pending=repository.pending(name),
         endpoints=_endpoints(request, newest, "model") if newest else None,
         model_version_status=[_tf_serving_status(e) for e in entries] if detailed else None,
     )

@@ -7,6 +7,8 @@ import pytest
 
 import kerve_manifest
 from tests.helpers import (
+    build_colour_classifier,
+    colour_manifest,
     encode,
     make_settings,
     publish_colour_classifier,
@@ -15,6 +17,7 @@ from tests.helpers import (
     wait_ready,
     wait_until,
 )
+from training import export
 
 BODY = encode(solid((200, 30, 30)), "PNG")
 HEADERS = {"Content-Type": "image/png"}
@@ -228,3 +231,15 @@ def test_the_heap_is_frozen_while_serving_and_unfrozen_when_a_version_leaves(rep
         wait_until(lambda: states(client) == {2: "AVAILABLE"})
         wait_until(lambda: gc.collect() >= 0 and old_model() is None, timeout_s=30)
     assert gc.get_freeze_count() == 0
+
+
+def test_a_model_marked_default_for_its_task_answers_the_plain_route(repository):
+    """`colours` comes first by name, but the manifest of `photos` says default_for_task."""
+    manifest = colour_manifest().model_copy(update={"default_for_task": True})
+    export.publish(build_colour_classifier(), manifest, repository, "photos")
+    with start_client(make_settings(repository)) as client:
+        wait_ready(client)
+        assert classify(client).json()["model"] == "photos"
+    with start_client(make_settings(repository, default_models={"classification": "colours"})) as c:
+        wait_ready(c)
+        assert classify(c).json()["model"] == "colours"  # the settings still decide first

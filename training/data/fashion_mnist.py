@@ -2,13 +2,16 @@
 
 Read from the Debian package ``dataset-fashion-mnist`` (IDX files), from
 ``$FASHION_MNIST_DIR``, or else downloaded by Keras; fails with what to install.
+``ensure_available`` gets it where the machine allows (apt as root, else Keras).
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,43 @@ def load(split: str) -> tuple[np.ndarray, np.ndarray]:
         if images_file.exists() and labels_file.exists():
             return read_idx(images_file), read_idx(labels_file).astype(np.int64)
     return _download(split)
+
+
+def ensure_available() -> str | None:
+    """None once Fashion-MNIST can be loaded, fetching it where the machine allows: the
+    Debian package when root with apt-get, else the Keras download. Else why not, with
+    how to get it, in one line. A set ``$FASHION_MNIST_DIR`` is the only place looked at."""
+    if _found():
+        return None
+    configured = os.environ.get("FASHION_MNIST_DIR")
+    if configured:
+        return (
+            f"Fashion-MNIST is not in FASHION_MNIST_DIR={configured}: put its IDX files "
+            "there, or unset it for apt-get install dataset-fashion-mnist"
+        )
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("Fashion-MNIST: apt-get install dataset-fashion-mnist ...", flush=True)
+        install = ["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"]
+        environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for commands in ([install], [["apt-get", "update", "-q"], install]):
+            runs = (subprocess.run(c, env=environment, stdin=subprocess.DEVNULL) for c in commands)
+            if all(run.returncode == 0 for run in runs) and _found():
+                return None
+    try:
+        _download("test")  # Keras caches all of it (~/.keras/datasets)
+    except FileNotFoundError:
+        return (
+            "Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist (as root), "
+            "or go online for the Keras download"
+        )
+    return None
+
+
+def _found() -> bool:
+    return any(
+        all((directory / name).exists() for names in FILES.values() for name in names)
+        for directory in _candidate_dirs()
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:
