@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -44,6 +45,7 @@ NOT_INFERABLE = {
 LABELLED_TASKS = ("classification", "segmentation", "generation")
 IMAGE_TASKS = ("classification", "segmentation", "denoising")
 DENOISING_TILE = 256  # a denoiser that takes any size is tiled as training/denoiser.py does
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -76,44 +78,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ZOO_HELP = (
+    "kerve serve --zoo fast|full: also build the missing demo models (training.zoo) behind "
+    "the server, which picks each up as it is published; the training stops with the server"
+)
+
+
 def serve(options: list[str]) -> int:
     """``kerve serve [--zoo fast|full] [service options]``: with ``--zoo``, publish the
     ImageNet classifier if missing, then serve while the rest of the demo zoo trains in
     a child process group that stops with the server (the next run resumes it)."""
-    from service.__main__ import main as serve_main
+    from service import __main__ as service_main
 
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--zoo", choices=["fast", "full"])
     own, rest = parser.parse_known_args(options)
-    if "-h" in rest or "--help" in rest:
-        print(
-            "kerve serve --zoo fast|full: also build the missing demo models (training.zoo) "
-            "behind the server, which picks each up as it is published\n"
-        )
+    service_args = service_main.parse_args(rest, "kerve serve", ZOO_HELP)  # --help ends here
     if own.zoo is None:
-        serve_main(rest, prog="kerve serve")
+        service_main.main(rest, "kerve serve", ZOO_HELP)
         return 0
-    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    peek.add_argument("--models-dir", default=DEFAULT_MODELS_DIR)
-    models_dir = Path(peek.parse_known_args(rest)[0].models_dir)
-    zoo = start_zoo(own.zoo, models_dir)
+    given = {key: value for key, value in vars(service_args).items() if value is not None}
+    settings = service_main.Settings(**given)  # the options, else SERVE_* variables
+    # The zoo trains on the devices the server uses, with the same memory settings.
+    zoo = start_zoo(own.zoo, Path(settings.models_dir), service_main.gpu_environment(settings))
     try:
-        serve_main(rest, prog="kerve serve")
+        service_main.main(rest, "kerve serve", ZOO_HELP)
     finally:
-        stop_zoo(zoo, models_dir, own.zoo)
+        stop_zoo(zoo, Path(settings.models_dir), own.zoo)
     return 0
 
 
-def start_zoo(profile: str, models_dir: Path) -> subprocess.Popen:
+def start_zoo(profile: str, models_dir: Path, environment: dict[str, str]) -> subprocess.Popen:
     """Publish the ImageNet classifier (seconds) if missing, then start the rest of the zoo
-    in its own process group, its output on this console."""
+    in its own process group, its output on this console. The zoo is sent SIGTERM if this
+    process dies without stopping it (SIGKILL, a closed terminal): no orphan training."""
     zoo = [sys.executable, "-m", "training.zoo", "--if-missing", "--models-dir", str(models_dir)]
     first = "imagenet-classifier"
     print(f"kerve serve: publishing {first} if missing, then serving", flush=True)
-    if subprocess.run([*zoo, "--only", first], stdin=subprocess.DEVNULL).returncode != 0:
+    environment = {**os.environ, **environment}
+    published = subprocess.run([*zoo, "--only", first], stdin=subprocess.DEVNULL, env=environment)
+    if published.returncode != 0:
         print(f"kerve serve: {first} was not published; serving what there is", flush=True)
     child = subprocess.Popen(
-        [*zoo, "--profile", profile, "--skip", first], stdin=subprocess.DEVNULL, process_group=0
+        [*zoo, "--profile", profile, "--skip", first],
+        stdin=subprocess.DEVNULL,
+        env=environment,
+        process_group=0,
+        preexec_fn=_terminate_with_parent,
     )
     print(
         f"kerve serve: training the rest of the demo zoo ({profile} profile) behind the server "
@@ -121,6 +132,12 @@ def start_zoo(profile: str, models_dir: Path) -> subprocess.Popen:
         flush=True,
     )
     return child
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before exec: Linux sends it SIGTERM when its parent dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_zoo(child: subprocess.Popen, models_dir: Path, profile: str) -> None:
@@ -164,6 +181,11 @@ def add_publish_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batching", help='batching knobs as JSON: {"max_batch_size": 8}')
     parser.add_argument("--models-dir", type=Path, default=Path(DEFAULT_MODELS_DIR))
+    parser.add_argument(
+        "--output",
+        choices=["probabilities", "logits"],
+        help="a classifier's last layer: softmax probabilities (the default) or raw logits",
+    )
     parser.add_argument("--description", default="", help="one line on what the model does")
     parser.set_defaults(run=publish)
 
@@ -248,6 +270,10 @@ def build_manifest(
     }
     if args.task in IMAGE_TASKS:
         fields["input"] = input_spec(model, args.task, args.scaling or "unit")
+    if args.output is not None:
+        if args.task != "classification":
+            raise CommandError("--output is for a classification model")
+        fields["output"] = args.output
     if labels is not None:
         fields["labels"] = labels
     if args.task == "denoising":

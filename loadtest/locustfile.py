@@ -10,7 +10,7 @@ result is a failure, and an overloaded server's 503 is the failure "overloaded
 /v1/models`` at start and stops if none is AVAILABLE. ``KERVE_<VERB>_MODEL``
 (``KERVE_CLASSIFY_MODEL``, ``_SEGMENT_``, ...: the verb of the task's route) names the
 model to load; without it the task's default route serves (``/v1/classify`` takes
-``fashion-classifier`` in the demo zoo).
+``imagenet-classifier`` in the demo zoo).
 """
 
 from __future__ import annotations

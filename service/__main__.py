@@ -14,12 +14,13 @@ from service.settings import Settings, get_settings
 
 
 def parse_args(
-    argv: list[str] | None = None, prog: str = "python -m service"
+    argv: list[str] | None = None, prog: str = "python -m service", epilog: str | None = None
 ) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Serve the models of a Kerve repository over HTTP. Every option can "
         "also be set as a SERVE_* environment variable (SERVE_MODELS_DIR, SERVE_PORT, ...).",
+        epilog=epilog,
     )
     parser.add_argument("--models-dir", help="model repository folder (default: models)")
     parser.add_argument("--host", help="address to bind (default: 127.0.0.1)")
@@ -35,12 +36,11 @@ def parse_args(
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m service") -> None:
-    args = parse_args(argv, prog)
-    # Workers build their app from the environment, so the options travel there.
-    for key, value in vars(args).items():
-        if value is not None:
-            os.environ[f"SERVE_{key.upper()}"] = str(value)
+def main(
+    argv: list[str] | None = None, prog: str = "python -m service", epilog: str | None = None
+) -> None:
+    args = parse_args(argv, prog, epilog)
+    os.environ.update(settings_environment(args))  # workers build their app from it
     settings = get_settings()
     if settings.workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="kerve-metrics-"))
@@ -61,6 +61,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m service") -> None
         http="httptools",
         timeout_graceful_shutdown=30,
     )
+
+
+def settings_environment(args: argparse.Namespace) -> dict[str, str]:
+    """The options given, as the SERVE_* variables that Settings reads."""
+    return {
+        f"SERVE_{key.upper()}": str(value) for key, value in vars(args).items() if value is not None
+    }
 
 
 def gpu_environment(settings: Settings) -> dict[str, str]:

@@ -240,7 +240,8 @@ class Batcher:
                 # Samples sent as raw tensors can make a model raise: run each request's
                 # samples alone, so that only the one that fails gets the error.
                 for item in batch:
-                    await self._execute([item])
+                    if not item.request.future.done():  # its client may have gone meanwhile
+                        await self._execute([item])
                 return
             logger.exception("inference failed for a batch of %d samples", num_samples)
             failure = InferenceFailed(f"inference failed: {type(error).__name__}")

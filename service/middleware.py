@@ -45,7 +45,7 @@ class RequestContextMiddleware:
             declared = 0
         try:
             if declared > self.max_body_bytes:
-                await self._refuse_body(send_with_id, declared)
+                await self._refuse_body(scope, send_with_id, declared)
             else:
                 await self.app(scope, self._limited(receive), send_with_id)
         finally:
@@ -66,9 +66,13 @@ class RequestContextMiddleware:
 
         return limited_receive
 
-    async def _refuse_body(self, send, declared: int) -> None:
+    async def _refuse_body(self, scope, send, declared: int) -> None:
+        """413 before the body is read, in the error shape of the route it was sent to."""
         error = PayloadTooLarge(f"the body is {declared} bytes; the limit is {self.max_body_bytes}")
-        body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
+        document = {"error": {"code": error.code, "message": error.message}}
+        if _speaks_a_protocol(scope["path"]):
+            document = {"error": error.message}
+        body = json.dumps(document).encode()
         headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
         await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -99,3 +103,10 @@ class RequestContextMiddleware:
                 "model": model or None,
             },
         )
+
+
+def _speaks_a_protocol(path: str) -> bool:
+    """Whether a path is one of the standard protocols' routes that take a body (v2's
+    infer, TF Serving's :predict), whose errors are ``{"error": message}``. Routing has
+    not run when a body is refused by its declared length, so the path decides."""
+    return path.startswith("/v2/") or path.endswith(":predict")

@@ -70,6 +70,8 @@ class ModelRepository:
         self._poller: asyncio.Task | None = None
         self.initial_load_done = False
         self._required: frozenset[str] = frozenset()  # what readiness waits for
+        self._pending: dict[str, dict] = {}  # models still to come, as of the last scan
+        self._refreeze = False  # a version left: collect it, then freeze the heap again
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
@@ -104,8 +106,31 @@ class ModelRepository:
         """Bring the loaded versions in line with what is on disk, once."""
         async with self._refresh_lock:
             on_disk = self._scan()
+            self._pending = self._scan_pending()
             for name in sorted(on_disk.keys() | self._models.keys()):
                 await self._sync_model(name, on_disk.get(name, {}))
+            if self._refreeze:
+                self._refreeze = False
+                _freeze_heap()
+
+    def _scan_pending(self) -> dict[str, dict]:
+        """The notes of the models still to come, read once a scan (listings and probes
+        read this snapshot, not the disk)."""
+        notes = {}
+        for path in sorted(self.root.glob(f"*/{PENDING_FILE}")) if self.root.is_dir() else ():
+            if path.parent.name.startswith("."):
+                continue
+            try:
+                text = path.read_text(errors="replace")
+                note = json.loads(text)
+            except OSError:
+                continue  # published and removed meanwhile
+            except ValueError:
+                note = None
+            notes[path.parent.name] = (
+                note if isinstance(note, dict) else {"reason": " ".join(text.split())[:500]}
+            )
+        return notes
 
     def _scan(self) -> dict[str, dict[int, Path]]:
         if not self.root.is_dir():
@@ -189,6 +214,7 @@ class ModelRepository:
             await entry.runtime.stop()
         del self._models[entry.name][entry.version]
         gc.unfreeze()  # the model's objects, frozen with the rest, can be collected again
+        self._refreeze = True  # once the scan is over and nothing refers to them
 
     # -- lookup ------------------------------------------------------------------------
     def get(self, name: str, version: int | None = None) -> Runtime:
@@ -250,29 +276,14 @@ class ModelRepository:
 
     def model_names(self) -> list[str]:
         """The loaded models and those announced as coming (a PENDING file, see pending)."""
-        pending = set()
-        if self.root.is_dir():
-            for path in self.root.glob(f"*/{PENDING_FILE}"):
-                if not path.parent.name.startswith("."):
-                    pending.add(path.parent.name)
-        return sorted(self._models.keys() | pending)
+        return sorted(self._models.keys() | self._pending.keys())
 
     def pending(self, name: str) -> dict | None:
-        """What ``models/<name>/PENDING`` says of a model still to come (the demo zoo writes
-        one while it trains the model, and leaves it saying why when it skips or fails it):
-        its JSON object ({"reason": ..., "expected_s": ...}), or None without one. Not
+        """What ``models/<name>/PENDING`` said at the last scan of a model still to come (the
+        demo zoo writes one while it trains the model, and leaves it saying why when it skips
+        or fails it): its JSON object ({"reason": ..., "expected_s": ...}), or None. Not
         loaded, and readiness does not wait for it."""
-        if not name or name.startswith(".") or "/" in name or "\\" in name:
-            return None
-        try:
-            text = (self.root / name / PENDING_FILE).read_text(errors="replace")
-        except OSError:
-            return None
-        try:
-            note = json.loads(text)
-        except ValueError:
-            note = None
-        return note if isinstance(note, dict) else {"reason": " ".join(text.split())[:500]}
+        return self._pending.get(name)
 
     def is_ready(self) -> bool:
         """Ready once the first load is done and every model found by it serves a version.
@@ -335,7 +346,7 @@ def _freeze_heap() -> None:
     full collection walks all of it, and a request that allocates many lists (a JSON
     image of numbers: 50,000 of them) triggers several: :predict of a 224x224x3 image
     took 188 ms to parse, 43 ms with the heap frozen. Unloading a version unfreezes the
-    heap, so that its model's objects can be collected."""
+    heap and collects its model's objects before freezing again."""
     gc.collect()
     gc.freeze()
 

@@ -9,6 +9,7 @@ declared here, once.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 
 import numpy as np
@@ -32,6 +33,23 @@ V2_DATATYPES: dict[str, np.dtype] = {
 }
 BYTES = "BYTES"  # variable-length binary values: encoded images, for the runtimes that take them
 _DATATYPE_OF = {dtype: name for name, dtype in V2_DATATYPES.items()}
+
+
+def decode_b64(name: str, text: object) -> bytes:
+    """A base64 string sent for input ``name`` (BadRequest if it is not one)."""
+    if not isinstance(text, str):
+        raise BadRequest(f"input {name!r}: a base64 value must be a string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error, and non-ASCII text
+        raise BadRequest(f"input {name!r}: a value is not valid base64") from None
+
+
+def encoded_images(values: list[bytes]) -> np.ndarray:
+    """Encoded image files as the 1-D object array that ``infer_tensors`` decodes."""
+    array = np.empty(len(values), object)
+    array[:] = values
+    return array
 
 
 def v2_datatype(dtype: np.dtype) -> str:

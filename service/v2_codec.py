@@ -9,8 +9,6 @@ length then its bytes. A response takes the same form when any output is binary.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import struct
@@ -21,7 +19,7 @@ import numpy as np
 import pydantic
 
 from service.errors import BadRequest
-from service.tensors import BYTES, V2_DATATYPES, v2_datatype
+from service.tensors import BYTES, V2_DATATYPES, decode_b64, encoded_images, v2_datatype
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
@@ -65,7 +63,7 @@ def read_header(body: bytes, header_length: str | None) -> tuple[InferenceReques
     size = len(body)
     if header_length is not None:
         text = header_length.strip()
-        size = int(text) if text.isascii() and text.isdigit() else 0
+        size = int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else 0
         if not 0 < size <= len(body):
             raise BadRequest(f"{HEADER_LENGTH} must be between 1 and the body's {len(body)} bytes")
     try:
@@ -120,15 +118,12 @@ def _bytes_of(tensor: RequestInput, values: np.ndarray) -> np.ndarray:
     """JSON BYTES elements (strings, UTF-8; base64 with content_type "base64") as bytes."""
     if not all(isinstance(value, str) for value in values):
         raise BadRequest(f"input {tensor.name!r}: BYTES data must be strings")
-    encoded = np.empty(len(values), object)
+    if tensor.parameters.content_type == "base64":
+        return encoded_images([decode_b64(tensor.name, value) for value in values])
     try:
-        if tensor.parameters.content_type == "base64":
-            encoded[:] = [base64.b64decode(value, validate=True) for value in values]
-        else:
-            encoded[:] = [value.encode() for value in values]
-    except (binascii.Error, UnicodeEncodeError) as error:
+        return encoded_images([value.encode() for value in values])
+    except UnicodeEncodeError as error:  # lone surrogates
         raise BadRequest(f"input {tensor.name!r}: {error}") from None
-    return encoded
 
 
 def _from_bytes(tensor: RequestInput, chunk: bytes) -> np.ndarray:
@@ -155,9 +150,7 @@ def _split_bytes(name: str, chunk: bytes) -> np.ndarray:
         if offset > len(chunk):
             raise BadRequest(f"input {name!r}: a BYTES element runs past its binary_data_size")
         values.append(chunk[offset - length : offset])
-    array = np.empty(len(values), object)
-    array[:] = values
-    return array
+    return encoded_images(values)
 
 
 def _dtype(tensor: RequestInput) -> np.dtype:

@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import fastapi
+import numpy as np
 
-from service.errors import BadRequest, ClientDisconnected
+from service.errors import BadRequest, ClientDisconnected, PayloadTooLarge
 from service.repository import ModelRepository
 from service.runtimes import Runtime
 from service.settings import Settings
@@ -33,7 +34,7 @@ def parse_version(text: str | None) -> int | None:
     """A version from a path or query string: a positive integer, or None."""
     if text is None or text == "":
         return None
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) < 1:
         raise BadRequest(f"version must be a positive integer, got {text[:40]!r}")
     return int(text)
 
@@ -55,6 +56,15 @@ def _recorded(request: fastapi.Request, runtime: Runtime) -> Runtime:
     request.state.model = runtime.name
     request.state.version = runtime.version
     return runtime
+
+
+def limit_encoded_images(request: fastapi.Request, inputs: dict[str, np.ndarray]) -> None:
+    """Encoded images sent as tensors (v2 BYTES, TF Serving b64): no more per request than
+    a task route takes (413)."""
+    limit = get_app_settings(request).max_images_per_request
+    for array in inputs.values():
+        if array.dtype == object and len(array) > limit:
+            raise PayloadTooLarge(f"{len(array)} images sent; at most {limit} per request")
 
 
 def protocol_route(metrics_task: str = "") -> Callable[[Callable], Callable]:

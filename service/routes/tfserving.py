@@ -10,8 +10,6 @@ Serving's ``serving_default`` signature. Errors travel as ``{"error": "message"}
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from typing import Any
 
@@ -21,9 +19,9 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 
 from service import tensors
-from service.errors import BadRequest, PayloadTooLarge
+from service.errors import BadRequest
 from service.routes.params import (
-    get_app_settings,
+    limit_encoded_images,
     protocol_route,
     resolve_model,
     unless_disconnected,
@@ -178,9 +176,7 @@ def _is_b64(value: Any) -> bool:
 def _array(name: str, value: Any) -> np.ndarray:
     """One input's batch as an array: numbers, or a list of ``{"b64"}`` values as bytes."""
     if isinstance(value, list) and value and all(_is_b64(item) for item in value):
-        array = np.empty(len(value), object)
-        array[:] = [_decode_b64(name, item["b64"]) for item in value]
-        return array
+        return tensors.encoded_images([tensors.decode_b64(name, item["b64"]) for item in value])
     try:
         array = np.asarray(value)
     except (ValueError, RecursionError):
@@ -195,15 +191,6 @@ def _array(name: str, value: Any) -> np.ndarray:
     return array
 
 
-def _decode_b64(name: str, text: Any) -> bytes:
-    if not isinstance(text, str):
-        raise BadRequest(f'input {name!r}: a "b64" value must be a base64 string')
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f'input {name!r}: a "b64" value is not valid base64') from None
-
-
 def _check_binary(
     request: fastapi.Request, runtime: Runtime, inputs: dict[str, np.ndarray]
 ) -> None:
@@ -213,9 +200,7 @@ def _check_binary(
             continue
         if not runtime.takes_encoded_images:
             raise BadRequest(f"input {name!r} takes numbers; binary (b64) values are not accepted")
-        limit = get_app_settings(request).max_images_per_request
-        if len(array) > limit:
-            raise PayloadTooLarge(f"{len(array)} images sent; at most {limit} per request")
+    limit_encoded_images(request, inputs)
 
 
 def _rows(outputs: dict[str, np.ndarray]) -> list:

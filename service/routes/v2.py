@@ -19,6 +19,7 @@ from service.errors import BadRequest, UnsupportedMediaType
 from service.repository import VersionState
 from service.routes.params import (
     get_repository,
+    limit_encoded_images,
     protocol_route,
     resolve_model,
     unless_disconnected,
@@ -104,6 +105,7 @@ async def infer(
     body = await request.body()
     header_length = request.headers.get(v2_codec.HEADER_LENGTH)
     inference, inputs = await run_in_threadpool(_read, runtime, body, header_length)
+    limit_encoded_images(request, inputs)
     selected = _selected_outputs(runtime, inference)
     outputs = await unless_disconnected(request, runtime.infer_tensors(inputs))
     header = {"model_name": runtime.name, "model_version": str(runtime.version)}

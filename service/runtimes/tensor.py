@@ -60,8 +60,7 @@ class TensorRuntime(Runtime):
             outputs[spec.name] = np.asarray(values)
         return outputs
 
-    def postprocess(self, outputs: np.ndarray, request, context) -> dict[str, np.ndarray]:
-        return tensors.split(self.tensor_outputs, outputs)
+    postprocess = Runtime._split_tensors  # the answer is the named outputs themselves
 
 
 def named_inputs(model: keras.Model) -> list[tuple[str, keras.KerasTensor]]:

@@ -103,7 +103,9 @@ function showPending(models) {
   );
   $("#pending-block").hidden = models.length === 0;
   clearTimeout(state.refresh);
-  if (models.length) state.refresh = setTimeout(loadModels, PENDING_REFRESH_MS);
+  // Read the list again while something is on its way (skipped or failed models are not).
+  const coming = models.some((model) => (model.pending.reason || "").startsWith("demo zoo:"));
+  if (coming) state.refresh = setTimeout(loadModels, PENDING_REFRESH_MS);
 }
 
 function selectedModel() {

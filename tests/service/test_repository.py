@@ -230,6 +230,7 @@ def test_the_heap_is_frozen_while_serving_and_unfrozen_when_a_version_leaves(rep
         publish_colour_classifier(repository, sharpness=20.0)
         wait_until(lambda: states(client) == {2: "AVAILABLE"})
         wait_until(lambda: gc.collect() >= 0 and old_model() is None, timeout_s=30)
+        assert gc.get_freeze_count() > 0  # frozen again once the old version has gone
     assert gc.get_freeze_count() == 0
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
+import http.client
 import json
 import struct
 import threading
@@ -346,3 +348,42 @@ def test_dict_names_out_of_sorted_order_keep_their_tensors():
     outputs = model_tensors(named_outputs(model))
     assert {spec.name: spec.shape for spec in inputs} == {"x": (4,), "k": (2,)}
     assert {spec.name: spec.shape for spec in outputs} == {"sum": (1,), "scaled": (4,)}
+
+
+def declare_a_huge_body(url: str, path: str) -> tuple[int, bytes]:
+    """POST that declares a terabyte and sends none of it (httpx refuses to)."""
+    connection = http.client.HTTPConnection(*url.split(":"), timeout=10)
+    try:
+        connection.putrequest("POST", path)
+        connection.putheader("Content-Length", str(10**12))
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_limits_answer_in_the_protocols_error_shape(url):
+    """Bodies and image counts over the server's limits, odd base64 and a header length of
+    5,000 digits: each a 4xx in the protocol's shape, never a 500."""
+    base = f"http://{url}"
+    for path in ("/v2/models/colours/infer", "/v1/models/colours:predict"):
+        status, body = declare_a_huge_body(url, path)
+        assert status == 413 and isinstance(json.loads(body)["error"], str), body
+    images = [base64.b64encode(b"not decoded").decode()] * 65  # the settings allow 64
+    name = httpx.get(f"{base}/v2/models/colours").json()["inputs"][0]["name"]
+    many = {"name": name, "shape": [65], "datatype": "BYTES", "data": images,
+            "parameters": {"content_type": "base64"}}  # fmt: skip
+    response = httpx.post(f"{base}/v2/models/colours/infer", json={"inputs": [many]})
+    assert response.status_code == 413, response.text
+    odd = {**many, "shape": [1], "data": ["é"]}
+    response = httpx.post(f"{base}/v2/models/colours/infer", json={"inputs": [odd]})
+    assert response.status_code == 400 and "base64" in response.json()["error"]
+    response = httpx.post(
+        f"{base}/v2/models/pair/infer",
+        content=b"{}",
+        headers={"Inference-Header-Content-Length": "9" * 5000},
+    )
+    assert response.status_code == 400 and list(response.json()) == ["error"]
+    response = httpx.get(f"{base}/v2/models/pair/versions/{'9' * 5000}")
+    assert response.status_code == 400
