@@ -70,8 +70,13 @@ def test_the_zoo_trains_behind_the_server_and_stops_with_it(tmp_path):
         )  # fmt: skip
     try:
         # the ImageNet classifier is published before serving; the rest is still to come
+        # (listed from the first repository scan after the zoo announced it)
         seen = wait_until(
-            lambda: (listing(url) or {}).get("imagenet-classifier") == "AVAILABLE" and listing(url),
+            lambda: (
+                len(listing(url) or {}) == 4
+                and listing(url).get("imagenet-classifier") == "AVAILABLE"
+                and listing(url)
+            ),
             120,
         )
         assert seen == {
