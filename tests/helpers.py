@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import httpx  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import kerve_manifest  # noqa: E402
+from bench.server import free_port  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.settings import BatchingOverride, Settings  # noqa: E402
 from training import export  # noqa: E402
@@ -348,3 +353,23 @@ def publish_tensor_model(repository: Path, name: str = "pair", **batching) -> Pa
         description="test model: two named inputs, two named outputs",
     )
     return export.publish(build_tensor_model(), manifest, repository, name)
+
+
+@contextlib.contextmanager
+def live_server(settings: Settings):
+    """A real uvicorn server on 127.0.0.1, in a thread; yields its base URL once ready
+    (for clients that need a socket: tritonclient, a browser)."""
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=free_port(), log_config=None
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{config.port}"
+    try:
+        wait_until(lambda: server.started, timeout_s=60)
+        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

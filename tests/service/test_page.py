@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import threading
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 import kerve_manifest
-from bench.server import free_port
-from service.app import create_app
 from tests.helpers import (
     build_conv_denoiser,
     encode,
+    live_server,
     make_settings,
     publish_captioner,
     publish_colour_classifier,
@@ -30,7 +26,6 @@ from tests.helpers import (
     publish_denoiser,
     publish_generator,
     solid,
-    wait_until,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -41,25 +36,6 @@ pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
     reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)",
 )
-
-
-@contextlib.contextmanager
-def live_server(settings):
-    """A real uvicorn server on 127.0.0.1, in a thread; yields its base URL once ready."""
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=free_port(), log_config=None
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{config.port}"
-    try:
-        wait_until(lambda: server.started, timeout_s=60)
-        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-import uvicorn
 
-from bench.server import free_port
-from service.app import create_app
 from service.imaging import load_sample
 from service.settings import BatchingOverride
 from tests.helpers import (
@@ -27,32 +24,13 @@ from tests.helpers import (
     colour_manifest,
     encode,
     histogram_sum_count,
+    live_server,
     make_settings,
     publish_colour_classifier,
     publish_tensor_model,
-    wait_until,
 )
 
 RNG = np.random.default_rng(7)
-
-
-@contextlib.contextmanager
-def live_server(settings):
-    """A real uvicorn server on 127.0.0.1, in a thread; yields "host:port" once ready."""
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=free_port(), log_config=None
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"127.0.0.1:{config.port}"
-    try:
-        wait_until(lambda: server.started, timeout_s=60)
-        wait_until(lambda: httpx.get(f"http://{url}/readyz").status_code == 200)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +43,7 @@ def url(tmp_path_factory):
         root, poll_interval_s=0, model_batching={"pair": BatchingOverride(max_delay_ms=50)}
     )
     with live_server(settings) as address:
-        yield address
+        yield address.removeprefix("http://")  # tritonclient takes host:port
 
 
 @pytest.fixture
