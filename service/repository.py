@@ -253,7 +253,7 @@ class ModelRepository:
 
     def _first_model_for(self, task: str) -> str:
         """The task's default: the first by name whose manifest says ``default_for_task``,
-        else the first by name."""
+        else (once the first load is done) the first by name."""
         serving = [
             (not e.runtime.manifest.default_for_task, name)
             for name in sorted(self._models)
@@ -261,7 +261,11 @@ class ModelRepository:
             if e.runtime is not None and e.runtime.task == task
         ]
         if serving:
-            return min(serving)[1]
+            not_default, name = min(serving)
+            # While the first load runs, the default may be still to load: wait for it
+            # rather than answer from another model.
+            if not not_default or self.initial_load_done:
+                return name
         if not self.initial_load_done:
             raise NotReady("models are still loading", self.settings.retry_after_s)
         raise ModelNotFound(f"no {task} model is loaded")

@@ -244,3 +244,21 @@ def test_a_model_marked_default_for_its_task_answers_the_plain_route(repository)
     with start_client(make_settings(repository, default_models={"classification": "colours"})) as c:
         wait_ready(c)
         assert classify(c).json()["model"] == "colours"  # the settings still decide first
+
+
+def test_before_the_first_load_ends_the_plain_route_waits_for_a_default_model(repository):
+    """Models load one at a time: until the first load is done, a model that is not marked
+    default_for_task does not answer /v1/classify in the default's place."""
+    from service.errors import NotReady
+    from service.metrics import Metrics
+    from service.repository import ModelRepository, ModelVersion, VersionState
+
+    store = ModelRepository(make_settings(repository), Metrics(), pool=None)
+    runtime = type("Loaded", (), {"task": "classification", "manifest": colour_manifest()})()
+    store._models["colours"] = {
+        1: ModelVersion("colours", 1, repository, (), VersionState.AVAILABLE, runtime)
+    }
+    with pytest.raises(NotReady):
+        store.get_for_task("classification", None, None)
+    store.initial_load_done = True
+    assert store.get_for_task("classification", None, None) is runtime
