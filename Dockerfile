@@ -19,7 +19,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY deploy/requirements.py deploy/
 # A layer of their own: a code change does not reinstall TensorFlow.
-RUN python deploy/requirements.py "$VARIANT" > requirements.txt \
+RUN python deploy/requirements.py "$VARIANT" engines > requirements.txt \
     && pip install -r requirements.txt
 
 # -- builder: the service installed into that venv ---------------------------------------

@@ -27,11 +27,11 @@ $(VENV)/bin/python:
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-serve: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS)),train]"
+	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS)),engines,train]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS)),train,test,bench]"
+	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS)),engines,jax,train,test,bench]"
 	touch $@ $(VENV)/.installed-serve
 
 # Serves at once; the missing demo models train behind the server and stop with it.
@@ -50,7 +50,7 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/hadolint Dockerfile deploy/locust.Dockerfile
 
 $(VENV)/.installed-bench: $(VENV)/.installed-test
-	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS)),train,test,bench,ray]"
+	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS)),engines,jax,train,test,bench,ray]"
 	touch $@
 
 # Kerve against the raw model, itself without batching, a naive app and Ray Serve,

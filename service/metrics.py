@@ -112,6 +112,13 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.engine_info = Gauge(
+            "kerve_model_engine_info",
+            "1 while a model version serves on this engine, precision and Keras backend.",
+            [*MODEL_LABELS, "engine", "precision", "backend"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.load_failures = Counter(
             "kerve_model_load_failures",
             "Failed attempts to load a model version.",

@@ -26,6 +26,7 @@ import keras
 
 import kerve_manifest
 from service.batching import BatchConfig
+from service.engines import EngineConfig
 from service.errors import ModelNotFound, NotReady, VersionNotFound, WrongTask
 from service.metrics import Metrics, ModelMetrics
 from service.runtimes import RUNTIMES, Runtime
@@ -186,7 +187,12 @@ class ModelRepository:
         entry.loaded_at = time.time()
         elapsed = time.perf_counter() - started
         self._metrics.load_time.labels(model=name, version=str(version)).observe(elapsed)
-        logger.info("model %s version %d is serving (loaded in %.1f s)", name, version, elapsed)
+        report = entry.runtime.engine_report
+        self._engine_info(entry).set(1)
+        logger.info(
+            "model %s version %d is serving on %s (loaded in %.1f s): %s",
+            name, version, report.engine, elapsed, report.reason,
+        )  # fmt: skip
         return entry
 
     def _build_runtime(self, name: str, version: int, path: Path) -> Runtime:
@@ -198,6 +204,16 @@ class ModelRepository:
             batching=functools.partial(self._batch_config, name),
             metrics=self._metrics.for_model(name, version),
             max_image_pixels=self.settings.max_image_pixels,
+            engine=self._engine_config(name),
+        )
+
+    def _engine_config(self, name: str) -> EngineConfig:
+        settings = self.settings
+        return EngineConfig(
+            engine=settings.model_engines.get(name, settings.engine),
+            precision=settings.precision,
+            tolerance=settings.engine_tolerance,
+            cache_dir=settings.engine_cache_dir or None,
         )
 
     def _batch_config(self, name: str, manifest: kerve_manifest.BaseManifest) -> BatchConfig:
@@ -212,9 +228,20 @@ class ModelRepository:
         logger.info("unloading model %s version %d", entry.name, entry.version)
         if entry.runtime is not None:
             await entry.runtime.stop()
+            self._engine_info(entry).set(0)
         del self._models[entry.name][entry.version]
         gc.unfreeze()  # the model's objects, frozen with the rest, can be collected again
         self._refreeze = True  # once the scan is over and nothing refers to them
+
+    def _engine_info(self, entry: ModelVersion):
+        report = entry.runtime.engine_report
+        return self._metrics.engine_info.labels(
+            model=entry.name,
+            version=str(entry.version),
+            engine=report.engine,
+            precision=report.precision,
+            backend=report.backend,
+        )
 
     # -- lookup ------------------------------------------------------------------------
     def get(self, name: str, version: int | None = None) -> Runtime:
@@ -319,6 +346,7 @@ def load_runtime(
     batching: Callable[[kerve_manifest.BaseManifest], BatchConfig],
     metrics: ModelMetrics,
     max_image_pixels: int,
+    engine: EngineConfig | None = None,
 ) -> Runtime:
     """Read, load and warm up the model version in ``path``; ``batching`` picks its
     batch settings from its manifest."""
@@ -339,6 +367,8 @@ def load_runtime(
         batching=batching(manifest),
         metrics=metrics,
         max_image_pixels=max_image_pixels,
+        engine_config=engine,
+        model_path=model_path,
     )
     runtime.warm_up()
     return runtime

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Literal
 
 import pydantic
 import pydantic_settings
@@ -19,6 +20,9 @@ class BatchingOverride(pydantic.BaseModel):
     max_delay_ms: float | None = pydantic.Field(default=None, ge=0)
     max_queue: int | None = pydantic.Field(default=None, ge=1)
     timeout_ms: float | None = pydantic.Field(default=None, gt=0)
+
+
+EngineName = Literal["auto", "keras", "openvino", "onnxruntime"]
 
 
 class Settings(pydantic_settings.BaseSettings):
@@ -39,6 +43,25 @@ class Settings(pydantic_settings.BaseSettings):
     # Batching: `batching` applies to every model, `model_batching` to one by name.
     batching: BatchingOverride = BatchingOverride()
     model_batching: dict[str, BatchingOverride] = {}
+    # Engines (service/engines): `auto` exports each model at load to the compiled engines
+    # installed and keeps the fastest whose outputs agree with Keras; a name forces one.
+    engine: EngineName = "auto"
+    model_engines: dict[str, EngineName] = {}  # per model name, like model_batching
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 only where the CPU has it
+    # Scales each task's agreement tolerance (0: a compiled engine must match Keras exactly).
+    engine_tolerance: float = pydantic.Field(default=1.0, ge=0)
+    # Exported and compiled engines, by model file hash; empty: none (export at every load).
+    engine_cache_dir: Path | None = pydantic.Field(
+        default_factory=lambda: (
+            Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "kerve" / "engines"
+        )
+    )
+
+    @pydantic.field_validator("engine_cache_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value):
+        return None if value == "" else value
+
     # Image decoding threads. Half the cores at most: decoding competes with the
     # model's own thread pool, and on 2 cores a second decoder cost 17% throughput
     # (docs/BENCHMARKS.md, "Earlier measurements").

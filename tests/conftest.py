@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,9 @@ import pytest
 import skimage.data
 
 from tests.helpers import make_settings, publish_colour_classifier, start_client, wait_ready
+
+# Servers the tests start as processes serve on Keras too (see make_settings).
+os.environ.setdefault("SERVE_ENGINE", "keras")
 
 
 @pytest.fixture

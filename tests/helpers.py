@@ -99,6 +99,9 @@ def make_settings(models_dir: Path, **overrides) -> Settings:
         "models_dir": models_dir,
         "poll_interval_s": 0.2,
         "batching": BatchingOverride(max_delay_ms=2),
+        # Keras alone: exporting each tiny model to ONNX would cost seconds per test;
+        # tests/service/test_engines.py covers the compiled engines.
+        "engine": "keras",
         **overrides,
     }
     return Settings(**values)

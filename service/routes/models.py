@@ -43,6 +43,22 @@ class TfServingVersionStatus(pydantic.BaseModel):
     status: TfServingStatus
 
 
+class EngineInfo(pydantic.BaseModel):
+    """What runs this version's model, chosen at load (SERVE_ENGINE, SERVE_PRECISION)."""
+
+    engine: str = pydantic.Field(description="keras, openvino or onnxruntime")
+    precision: str = pydantic.Field(description="fp32 or bf16, as the engine computes")
+    backend: str = pydantic.Field(description="The Keras backend the service runs on.")
+    reason: str = pydantic.Field(description="Why this engine: its speed and agreement, or why "
+                                 "each compiled engine was not kept.")  # fmt: skip
+    trials: list[dict[str, Any]] | None = pydantic.Field(
+        default=None,
+        description="Every engine tried at load: outcome, agreement with Keras, milliseconds "
+        "per padded batch size, preparation seconds and whether the export was cached "
+        "(in a version's own description).",
+    )
+
+
 class VersionInfo(pydantic.BaseModel):
     version: int
     state: str = pydantic.Field(description="LOADING, AVAILABLE, FAILED or UNLOADING")
@@ -65,6 +81,7 @@ class VersionInfo(pydantic.BaseModel):
         description="The paths that serve this version: its task route (`task`), the Open "
         "Inference Protocol v2 (`v2`) and TF Serving's REST API (`tfserving`).",
     )
+    engine: EngineInfo | None = None
     metrics: dict[str, Any] | None = None
     provenance: dict[str, Any] | None = None
 
@@ -112,6 +129,9 @@ def _version_info(request: fastapi.Request, entry: ModelVersion, detailed: bool)
         if hasattr(manifest, "input"):
             info.input = manifest.input.model_dump()
         info.batching = {**vars(runtime.batching), "batch_sizes": runtime.batching.batch_sizes}
+        if runtime.engine_report is not None:
+            report = runtime.engine_report.as_dict()
+            info.engine = EngineInfo(**{**report, "trials": report["trials"] if detailed else None})
         if hasattr(manifest, "generation"):
             info.generation = manifest.generation.model_dump()
         if hasattr(manifest, "labels") and (detailed or runtime.task == "generation"):

@@ -22,18 +22,21 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import keras
 import numpy as np
 import pydantic
 from PIL import Image
 
-from kerve_manifest import BaseManifest
+from kerve_manifest import BaseManifest, InputSpec
 from service import imaging, tensors
 from service.batching import BatchConfig, Batcher
+from service.engines import Engine, EngineConfig, KerasEngine
 from service.errors import BadRequest
 from service.metrics import ModelMetrics
+from service.runtimes import engine_choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +81,13 @@ class NoParams(pydantic.BaseModel):
     pass
 
 
+class Agreement(NamedTuple):
+    """Whether a compiled engine's outputs agree with Keras's, and the measure, in words."""
+
+    agrees: bool
+    detail: str
+
+
 class Runtime(abc.ABC):
     task: ClassVar[str]  # the manifest's task this runtime serves
     # The task route, POST /v1/<verb> (and its per-model forms); None: protocols only.
@@ -98,6 +108,8 @@ class Runtime(abc.ABC):
         batching: BatchConfig,
         metrics: ModelMetrics,
         max_image_pixels: int,
+        engine_config: EngineConfig | None = None,
+        model_path: Path | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -106,6 +118,12 @@ class Runtime(abc.ABC):
         self.batching = batching
         self.metrics = metrics
         self.max_image_pixels = max_image_pixels
+        self.engine_config = engine_config or EngineConfig(engine="keras")
+        self.model_path = model_path  # the .keras file a compiled engine is exported from
+        self.engines: dict[str, Engine] = {
+            part: KerasEngine(part_model) for part, part_model in self.compiled_parts().items()
+        }
+        self.engine_report: engine_choice.EngineReport | None = None  # set by warm_up
         self._inference_thread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix=f"infer-{name}-{version}"
         )
@@ -144,7 +162,45 @@ class Runtime(abc.ABC):
 
     def predict_batch(self, samples: np.ndarray) -> np.ndarray:
         """Run the model on a batch of samples; one output row per sample."""
-        return np.asarray(self.model.predict_on_batch(samples))
+        return np.asarray(self.engine.predict(samples))
+
+    def compiled_parts(self) -> dict[str, keras.Model]:
+        """The models ``predict_batch`` calls, by name (a sub-model's layer name, or "model"
+        for the whole): each gets an engine of its own, all of one kind."""
+        return {"model": self.model}
+
+    @property
+    def engine(self) -> Engine:
+        return self.engines["model"]
+
+    def agreement(self, reference: Any, candidate: Any, tolerance: float) -> Agreement:
+        """Whether ``predict_batch`` outputs of a compiled engine (``candidate``) agree with
+        Keras's (``reference``) closely enough for this task; ``tolerance`` scales the
+        limit (0: identical). By default, the relative error of every output."""
+        error = relative_error(reference, candidate)
+        limit = 1e-3 * tolerance
+        return Agreement(error <= limit, f"relative error {error:.2g} (at most {limit:.2g})")
+
+    def probe_samples(self, size: int) -> np.ndarray:
+        """Random samples that compiled engines must agree with Keras on: random pixels for
+        image-shaped samples, normal noise for other numbers, zeros for integers."""
+        rng = np.random.default_rng(0)
+        samples = self.blank_samples(size)
+        spec = getattr(self.manifest, "input", None)
+        for name in samples.dtype.names or (None,):
+            column = samples if name is None else samples[name]
+            if column.dtype == np.uint8:
+                column[...] = rng.integers(0, 256, column.shape)
+            elif (
+                column.dtype.kind == "f"
+                and isinstance(spec, InputSpec)
+                and (column.shape[1:] == self.sample_shape)
+            ):
+                pixels = rng.integers(0, 256, column.shape).astype(np.float32)
+                column[...] = (pixels - np.float32(spec.mean)) / np.float32(spec.std)
+            elif column.dtype.kind == "f":
+                column[...] = rng.standard_normal(column.shape)
+        return samples
 
     @abc.abstractmethod
     def postprocess(self, outputs: np.ndarray, request: Any, context: Any) -> Any:
@@ -170,26 +226,33 @@ class Runtime(abc.ABC):
 
     # -- lifecycle, driven by the repository -----------------------------------
     def warm_up(self) -> None:
-        """Run every padded batch size, so that no request pays a trace or compile, and
-        time a second run of each: the Batcher weighs padding against splitting with it."""
+        """Warm up and time every padded batch size on Keras, then choose the engine that
+        serves (``engine_choice``), on the inference thread, as requests will run."""
         try:
-            for size in self.batching.batch_sizes:
-                samples = self.blank_samples(size)
-                outputs = self._inference_thread.submit(self.predict_batch, samples).result()
-                if len(outputs) != size:
-                    raise ValueError(
-                        f"the model returned {len(outputs)} outputs for {size} samples"
-                    )
-                if not self.tensor_outputs:
-                    self._structured_samples = bool(samples.dtype.names)
-                    self.tensor_inputs = tensors.specs_of(samples, self.input_name)
-                    self.tensor_outputs = tensors.specs_of(outputs, self.output_name)
-                self.batch_seconds[size] = self._inference_thread.submit(
-                    _timed, self.predict_batch, samples
-                ).result()
+            self._inference_thread.submit(self._warm_up).result()
         except BaseException:
             self._inference_thread.shutdown(wait=False)
             raise
+
+    def _warm_up(self) -> None:
+        self.batch_seconds = self.time_batches()
+        self.engine_report = engine_choice.choose(self, self.engine_config, self.model_path)
+
+    def time_batches(self) -> dict[int, float]:
+        """Run every padded batch size, so that no request pays a trace or compile, and
+        time a second run of each: the Batcher weighs padding against splitting with it."""
+        seconds = {}
+        for size in self.batching.batch_sizes:
+            samples = self.blank_samples(size)
+            outputs = self.predict_batch(samples)
+            if len(outputs) != size:
+                raise ValueError(f"the model returned {len(outputs)} outputs for {size} samples")
+            if not self.tensor_outputs:
+                self._structured_samples = bool(samples.dtype.names)
+                self.tensor_inputs = tensors.specs_of(samples, self.input_name)
+                self.tensor_outputs = tensors.specs_of(outputs, self.output_name)
+            seconds[size] = _timed(self.predict_batch, samples)
+        return seconds
 
     def start(self, pool: concurrent.futures.Executor, retry_after_s: int) -> None:
         """Begin serving (called on the event loop once loaded and warmed up)."""
@@ -276,6 +339,22 @@ def _timed(function: Callable, *args: Any) -> float:
     started = time.perf_counter()
     function(*args)
     return time.perf_counter() - started
+
+
+def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """The largest, over a structured array's fields, of |candidate - reference| / |reference|
+    (Euclidean norms); fields that are not floats must be equal (else 1.0)."""
+    errors = []
+    for name in reference.dtype.names or (None,):
+        want = reference if name is None else reference[name]
+        got = candidate if name is None else candidate[name]
+        if want.dtype.kind not in "fiu":
+            errors.append(0.0 if np.array_equal(want, got) else 1.0)
+            continue
+        want, got = want.astype(np.float64), got.astype(np.float64)
+        scale = max(float(np.linalg.norm(want)), 1e-12)
+        errors.append(float(np.linalg.norm(got - want)) / scale)
+    return max(errors)
 
 
 def layer_name(tensor: keras.KerasTensor) -> str:

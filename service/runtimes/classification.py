@@ -9,7 +9,7 @@ import pydantic
 
 from service import imaging
 from service.errors import BadRequest
-from service.runtimes.base import Prepared, Runtime, forward_blank
+from service.runtimes.base import Agreement, Prepared, Runtime, forward_blank
 
 DEFAULT_TOP_K = 5
 
@@ -64,6 +64,18 @@ class ClassificationRuntime(Runtime):
                 f"the model's outputs have shape {(None, *outputs.shape[1:])}, but the "
                 f"manifest's {len(manifest.labels)} labels need {(None, *expected[1:])}"
             )
+
+    def agreement(self, reference, candidate, tolerance: float) -> Agreement:
+        """The same top-1 class on every sample, and probabilities within 0.02."""
+        want, got = reference.astype(np.float64), candidate.astype(np.float64)
+        if self.manifest.output == "logits":
+            want, got = _softmax(want), _softmax(got)
+        same = int((want.argmax(-1) == got.argmax(-1)).sum())
+        difference = float(np.abs(want - got).max())
+        return Agreement(
+            same == len(want) and difference <= 0.02 * tolerance,
+            f"same top-1 on {same}/{len(want)}, probabilities within {difference:.2g}",
+        )
 
     def top_k(self, request: ClassifyRequest) -> int:
         num_classes = len(self.manifest.labels)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from service import imaging
 from service.errors import BadRequest, PayloadTooLarge
-from service.runtimes.base import PngBody, PngImage, Prepared, Runtime
+from service.runtimes.base import Agreement, PngBody, PngImage, Prepared, Runtime, relative_error
 
 MAX_COUNT = 64  # images per request
 MAX_SEED = 2**63 - 1 - MAX_COUNT  # every image's seed s + i still fits an int64
@@ -152,6 +152,11 @@ class GenerationRuntime(Runtime):
     def blank_samples(self, size: int) -> np.ndarray:
         return np.zeros(size, self.sample_dtype)
 
+    def agreement(self, reference, candidate, tolerance: float) -> Agreement:
+        """Images within 2% relative error (pixel rounding included)."""
+        error = relative_error(reference, candidate)
+        return Agreement(error <= 0.02 * tolerance, f"relative error {error:.2g} in pixels")
+
     def check_samples(self, samples: np.ndarray) -> None:
         labels = samples["label"]
         if labels.min() < 0 or labels.max() >= len(self.manifest.labels):
@@ -192,7 +197,7 @@ class GenerationRuntime(Runtime):
     def predict_batch(self, samples: np.ndarray) -> np.ndarray:
         """A batch of (latent, label) rows made into uint8 images."""
         outputs = np.asarray(
-            self.model.predict_on_batch([samples["latent"], samples["label"][:, np.newaxis]])
+            self.engine.predict([samples["latent"], samples["label"][:, np.newaxis]])
         )
         pixels = outputs * self.std + self.mean
         return np.clip(np.rint(pixels, out=pixels), 0, 255, out=pixels).astype(np.uint8)

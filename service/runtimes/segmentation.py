@@ -9,7 +9,7 @@ import pydantic
 from PIL import Image
 
 from service import imaging
-from service.runtimes.base import PngBody, PngImage, Prepared, Runtime, forward_blank
+from service.runtimes.base import Agreement, PngBody, PngImage, Prepared, Runtime, forward_blank
 
 MAX_CLASSES = 256  # one byte per mask pixel
 
@@ -74,6 +74,13 @@ class SegmentationRuntime(Runtime):
                 f"the model's outputs have shape {(None, *outputs.shape[1:])}, but segmentation "
                 f"needs (batch, height, width, {len(manifest.labels)} classes)"
             )
+
+    def agreement(self, reference, candidate, tolerance: float) -> Agreement:
+        """The same class for 99.5% of pixels."""
+        same = float((reference.argmax(-1) == candidate.argmax(-1)).mean())
+        return Agreement(
+            same >= 1 - 0.005 * tolerance, f"masks agree on {100 * same:.3f}% of pixels"
+        )
 
     def preprocess(self, request: SegmentRequest) -> Prepared:
         spec = self.manifest.input

@@ -50,7 +50,7 @@ class TensorRuntime(Runtime):
             feed = {spec.name: x for spec, x in zip(self.inputs, feed, strict=True)}
         elif len(feed) == 1:
             feed = feed[0]
-        produced = self.model.predict_on_batch(feed)
+        produced = self.engine.predict(feed)
         if isinstance(produced, dict):
             produced = [produced[spec.name] for spec in self.outputs]
         elif not isinstance(produced, list | tuple):
