@@ -20,7 +20,7 @@ LOADTEST_REPORTS := loadtest/reports
 BENCH_TASK ?= all        # `make bench BENCH_TASK=classify`: one task (classify, segment, caption, denoise, generate)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: serve models test lint bench loadtest loadtest-ramp clean
+.PHONY: serve models test lint bench bench-peers loadtest loadtest-ramp clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,10 @@ serve: $(VENV)/.installed-serve
 models: $(VENV)/.installed-serve
 	$(PY) -m training.zoo --profile $(strip $(PROFILE)) --models-dir $(MODELS_DIR)
 
+# Everything on TensorFlow, then the service again on JAX (models saved under TensorFlow).
 test: $(VENV)/.installed-test
 	$(PY) -m pytest
+	KERAS_BACKEND=jax $(PY) -m pytest tests/service
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
@@ -50,12 +52,33 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/hadolint Dockerfile deploy/locust.Dockerfile
 
 $(VENV)/.installed-bench: $(VENV)/.installed-test
-	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS)),engines,jax,train,test,bench,ray]"
+	$(PY) -m pip install --quiet -e ".[$(strip $(EXTRAS)),engines,jax,train,test,bench]"
 	touch $@
 
-# Kerve against the raw model, itself without batching, a naive app and Ray Serve,
-# on the demo models; fills docs/BENCHMARKS.md (all tasks: about 30 minutes).
-bench: $(VENV)/.installed-bench
+# The peers `python -m bench` measures Kerve against, each in a venv of its own with our
+# serving extras (PyTriton needs numpy<2, which ours do not); the bench skips a peer whose
+# venv is missing. Versions: those the bench was last run with.
+PEER_VENVS := .venv-peers
+PEERS := triton bentoml litserve ray
+PEER_PACKAGES.triton := nvidia-pytriton==0.7.0 "numpy<2"
+PEER_PACKAGES.bentoml := bentoml==1.4.40
+PEER_PACKAGES.litserve := litserve==0.2.19
+PEER_PACKAGES.ray := "ray[serve]==2.60.0"
+
+$(PEER_VENVS)/%/.installed: pyproject.toml
+	rm -rf $(PEER_VENVS)/$*
+	$(PYTHON) -m venv $(PEER_VENVS)/$*
+	$(PEER_VENVS)/$*/bin/python -m pip install --quiet --upgrade pip
+	$(PEER_VENVS)/$*/bin/python -m pip install --quiet -e ".[$(strip $(EXTRAS)),engines]" \
+	    "httpx>=0.27" $(PEER_PACKAGES.$*)
+	touch $@
+
+bench-peers: $(PEERS:%=$(PEER_VENVS)/%/.installed)
+
+# Kerve against the raw model on each engine, itself without batching, a naive app, and
+# Triton, BentoML, LitServe and Ray Serve, on the demo models; fills docs/BENCHMARKS.md
+# (all tasks: about an hour).
+bench: $(VENV)/.installed-bench bench-peers
 	$(PY) -m training.zoo --profile $(strip $(PROFILE)) --models-dir $(MODELS_DIR) --if-missing
 	$(PY) -m bench --task $(strip $(BENCH_TASK)) --models-dir $(MODELS_DIR) \
 	    --docs docs/BENCHMARKS.md --img-dir docs/img --readme README.md
@@ -81,4 +104,4 @@ loadtest-ramp: $(VENV)/.installed-test
 	@echo "reports: $(LOADTEST_REPORTS)/ramp_stats.csv, ramp.html, ramp.png"
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(PEER_VENVS) .pytest_cache .ruff_cache *.egg-info

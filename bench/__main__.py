@@ -1,13 +1,37 @@
-"""Benchmark Kerve against the raw model, itself without batching, a naive app and Ray Serve.
+"""Benchmark Kerve against the raw model on each engine, itself on Keras and without
+batching, a naive app, Triton, BentoML, LitServe and Ray Serve.
 
     python -m bench --task classify|segment|caption|denoise|generate|all
                     [--models-dir models] [--concurrency 1,4,16,64] [--seconds 10]
-                    [--systems raw,kerve,kerve-unbatched,naive,ray] [--docs docs/BENCHMARKS.md]
+                    [--systems raw-keras,raw-onnxruntime,raw-openvino,kerve,kerve-keras,
+                               kerve-unbatched,naive,triton,bentoml,litserve,ray]
+                    [--docs docs/BENCHMARKS.md]
 
 Per task it serves the demo model (``make models``) and writes
-``bench/results/<task>.json``; then it writes ``report.md`` and two plots from every
-task's results in the results folder, and with ``--docs`` fills that file's
-bench section and puts the plots in ``--img-dir`` (``--report-only``: that alone).
+``bench/results/<task>.json`` (with the engine Kerve's ``SERVE_ENGINE=auto`` chose, read
+from its ``/v1/models/<name>``); then it writes ``report.md`` and two plots from every
+task's results in the results folder, and with ``--docs`` fills that file's bench
+section and puts the plots in ``--img-dir`` (``--report-only``: that alone).
+
+The systems, and how each receives a request's image (part of what each costs):
+
+- ``raw-keras``, ``raw-onnxruntime``, ``raw-openvino``: the runtime's ``predict_batch`` in a
+  loop on one engine, on samples preprocessed beforehand: no request at all. "× fastest
+  raw" divides by the fastest of them at each batch size; a missing engine is skipped.
+- ``kerve`` (``SERVE_ENGINE=auto``), ``kerve-keras`` (``SERVE_ENGINE=keras``),
+  ``kerve-unbatched``: the upload as the request body, on its task route.
+- ``naive``: the upload as the request body; Keras's ``model.predict`` per request.
+- ``triton``: the Open Inference Protocol v2 spoken to Triton directly, the image as a
+  BYTES tensor with the binary extension (and the JSON response back as one).
+- ``bentoml``: a multipart/form-data file part (BentoML spools it to a temporary file).
+- ``litserve``: base64 in JSON, ``{"image": {"b64": ...}}`` (LitServe reads JSON or forms).
+- ``ray``: the upload as the request body.
+
+Triton, BentoML, LitServe and Ray Serve run Kerve's preprocessing, its model call on the
+engine Kerve's auto chose (padded as Kerve pads) and its postprocessing, with Kerve's
+max_batch_size and max_delay_ms, each in its own venv (``make bench-peers``; skipped,
+with the reason, where it is missing). A generate request's JSON goes the same way as
+an image (as itself in LitServe's JSON).
 """
 
 from __future__ import annotations
@@ -63,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             "max_delay_ms": setup.max_delay_ms,
             "seconds": setup.seconds,
             "warmup_s": setup.warmup_s,
-            **measured,
+            **measured,  # rows, skipped, engines (each system's), kerve_engine (auto's choice)
         }
         (args.results_dir / f"{task}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(report.task_table(result), flush=True)
@@ -76,7 +100,7 @@ def write_report(args) -> dict[str, dict]:
     for task in TASKS:  # in the usual order
         path = args.results_dir / f"{task}.json"
         if path.exists():
-            results[task] = json.loads(path.read_text())
+            results[task] = report.upgraded(json.loads(path.read_text()))
     img_dir = args.img_dir or args.results_dir
     report.plot(results, img_dir)
     prefix = report.image_prefix(args.docs, img_dir, args.results_dir)

@@ -21,6 +21,7 @@ class LoadResult:
     errors: int
     latencies_s: list[float]
     client_cpu_percent: float = 0.0  # of one core, over the whole run (warm-up included)
+    error_statuses: dict[int, int] = dataclasses.field(default_factory=dict)  # status: count
 
     @property
     def throughput(self) -> float:
@@ -44,6 +45,7 @@ class LoadResult:
             "p95_ms": round(self.percentile_ms(95), 1),
             "p99_ms": round(self.percentile_ms(99), 1),
             "client_cpu_percent": round(self.client_cpu_percent, 1),
+            "error_statuses": {str(s): n for s, n in sorted(self.error_statuses.items())},
         }
 
 
@@ -83,6 +85,7 @@ async def _client(url, requests, stop_at, warm_until, result: LoadResult) -> Non
                 result.latencies_s.append(finished - started)
             else:
                 result.errors += 1
+                result.error_statuses[status] = result.error_statuses.get(status, 0) + 1
     finally:
         writer.close()
 

@@ -5,7 +5,8 @@
 One ``async def`` endpoint reads the body, preprocesses it, runs the model on it
 alone with ``model.predict`` and answers. There is no batching, and the model
 blocks the event loop while it runs, as in the tutorials. Preprocessing and the
-response are Kerve's own (``bench.standalone``), so only the serving differs.
+response are Kerve's own (``bench.standalone``), so only the serving differs; the model
+runs on Keras, as in the tutorials, and gets the upload as the request body.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args()
-    served = standalone.load(args.version_dir, args.task)
+    served = standalone.load(args.version_dir, args.task, with_bodies=False)
     # Every model call of every runtime (the captioner's encoder and decoder steps too)
     # goes through predict_on_batch: in this process alone, make it model.predict.
     keras.Model.predict_on_batch = predict_per_call

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import struct
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 import kerve_manifest
-from bench import report, standalone
+from bench import carriers, report, standalone
 from bench.__main__ import machine_description
 from bench.loadgen import run_load
 from bench.server import ROOT, running_service
@@ -30,7 +29,6 @@ from bench.workloads import PHOTO_SIZE, TOP_K, task_path
 from loadtest import payloads
 from service import imaging
 
-BINARY_HEADER = "Inference-Header-Content-Length"
 TASK_FORM = "task route, JPEG"  # the baseline of the ratios
 
 
@@ -51,8 +49,8 @@ def forms(
             {"Content-Type": "application/json"},
             [_v2_json(input_name, t) for t in tensors],
         ),
-        "v2 binary, FP32 tensor": (v2, *_v2_binary(input_name, "FP32", tensors)),
-        "v2 binary, JPEG as BYTES": (v2, *_v2_binary(input_name, "BYTES", jpegs)),
+        "v2 binary, FP32 tensor": (v2, *carriers.v2_binary(input_name, "FP32", tensors)),
+        "v2 binary, JPEG as BYTES": (v2, *carriers.v2_binary(input_name, "BYTES", jpegs)),
         ":predict JSON, FP32 tensor": (
             f"/v1/models/{name}:predict",
             {"Content-Type": "application/json"},
@@ -75,28 +73,6 @@ def _v2_json(input_name: str, tensor: np.ndarray) -> bytes:
 
 def _v2_input(input_name: str, datatype: str, shape: list[int]) -> dict:
     return {"name": input_name, "datatype": datatype, "shape": shape}
-
-
-def _v2_binary(input_name: str, datatype: str, values: list) -> tuple[dict, list[bytes]]:
-    """Bodies of the binary tensor data extension: a JSON header, then the raw tensor;
-    the output comes back binary too. Every header is padded with spaces (JSON allows
-    them) to one length, so that one Inference-Header-Content-Length fits every body."""
-    parts = []
-    for value in values:
-        if datatype == "BYTES":
-            raw, shape = struct.pack("<I", len(value)) + value, [1]
-        else:
-            raw, shape = value.astype("<f4").tobytes(), list(value.shape)
-        entry = _v2_input(input_name, datatype, shape)
-        entry["parameters"] = {"binary_data_size": len(raw)}
-        header = json.dumps(
-            {"inputs": [entry], "parameters": {"binary_data_output": True}}
-        ).encode()
-        parts.append((header, raw))
-    length = max(len(header) for header, _ in parts)
-    bodies = [header.ljust(length) + raw for header, raw in parts]
-    headers = {"Content-Type": "application/octet-stream", BINARY_HEADER: str(length)}
-    return headers, bodies
 
 
 def measure(args: argparse.Namespace) -> list[dict]:

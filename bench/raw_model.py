@@ -1,7 +1,10 @@
 """The raw model ceiling: the runtime's ``predict_batch`` in a loop, no server in the way.
 
-    python -m bench.raw_model VERSION_DIR --task classify --batch-sizes 1,4,16,32
+    python -m bench.raw_model VERSION_DIR --task classify --batch-sizes 1,4,16,32 \
+        --engine onnxruntime
 
+On one engine (``keras``, ``onnxruntime``, ``openvino``; exported and compiled as the
+service does, cached where it caches), so that each engine's ceiling can be measured.
 Run as its own process, so that it gets the same thread settings as a server. The
 samples are the benchmark's own requests, preprocessed once and repeated to fill
 each batch (for captioning the decoding loop is part of the model call, and it
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import standalone
+from bench import peers, standalone
 from bench.workloads import TASKS
 
 
@@ -46,14 +49,18 @@ def main() -> None:
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--batch-sizes", default="1,32", help="comma-separated")
     parser.add_argument("--seconds", type=float, default=10.0, help="per batch size")
+    parser.add_argument("--engine", choices=peers.ENGINE_CHOICES, default="keras")
     args = parser.parse_args()
     sizes = [int(size) for size in args.batch_sizes.split(",")]
-    served = standalone.load(args.version_dir, args.task, max_batch_size=max(sizes))
+    served = standalone.load(
+        args.version_dir, args.task, max_batch_size=max(sizes), engine=args.engine
+    )
     runtime, bodies = served.runtime, served.workload.bodies
     pool = np.concatenate([runtime.preprocess(served.workload.request(b)).samples for b in bodies])
     runs = [measure(runtime, pool, size, args.seconds) for size in sizes]
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"runs": runs, "peak_rss_bytes": peak_rss}))
+    engine = standalone.engine_of(runtime)
+    print(json.dumps({"runs": runs, "peak_rss_bytes": peak_rss, "engine": engine}))
 
 
 if __name__ == "__main__":

@@ -34,12 +34,17 @@ def running_service(models_dir: Path, log_path: Path, env: dict[str, str] | None
 
 @contextlib.contextmanager
 def running_process(
-    arguments: list[str], log_path: Path, env: dict[str, str] | None = None, ready: str = "/readyz"
+    arguments: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    ready: str = "/readyz",
+    python: str = sys.executable,
 ):
     """Run ``python ARGUMENTS --port P`` until ``GET ready`` answers 200; yield
-    (base_url, psutil.Process); then stop it and everything it started."""
+    (base_url, psutil.Process); then stop it and everything it started. ``python``: the
+    interpreter of another virtual environment (a peer's)."""
     port = free_port()
-    command = [sys.executable, *arguments, "--port", str(port)]
+    command = [python, *arguments, "--port", str(port)]
     environment = {**os.environ, **(env or {})}
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=log)

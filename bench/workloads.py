@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from bench import carriers
 from bench.loadgen import LoadResult, run_load
 from kerve_manifest import BaseManifest
 from loadtest import payloads
@@ -41,33 +42,52 @@ class Workload:
             return runtime.make_request(runtime.Params.model_validate_json(body), [])
         return runtime.make_request(runtime.Params(**self.params), [body])
 
-    def drive(self, url: str, concurrency: int, seconds: float, warmup_s: float) -> LoadResult:
-        """``concurrency`` closed-loop clients sending these bodies to ``url``."""
-        headers = {"Content-Type": self.content_type}
-        return run_load(url, list(self.bodies), headers, concurrency, seconds, warmup_s)
+    def drive(
+        self,
+        url: str,
+        concurrency: int,
+        seconds: float,
+        warmup_s: float,
+        carrier: str = carriers.UPLOAD,
+    ) -> LoadResult:
+        """``concurrency`` closed-loop clients sending these bodies to ``url``, each in the
+        ``carrier`` its system receives them in (``bench.carriers``)."""
+        wire = carriers.carry(carrier, self.content_type, self.bodies)
+        return run_load(url, list(wire.bodies), wire.headers, concurrency, seconds, warmup_s)
 
 
-def workload(task: str, manifest: BaseManifest) -> Workload:
-    """The requests for ``task`` against a model with ``manifest``."""
+def workload(task: str, manifest: BaseManifest, with_bodies: bool = True) -> Workload:
+    """The requests for ``task`` against a model with ``manifest`` (``with_bodies=False``:
+    none, for a server, which only turns the bodies it is sent into requests)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    if task == "generate":
+        shape = Workload(task, "", "application/json", ())
+    elif task == "denoise":
+        shape = Workload(task, "", "image/png", ())
+    elif task == "classify":
+        top_k = min(TOP_K, len(manifest.labels))
+        shape = Workload(task, f"?top_k={top_k}", "image/jpeg", (), {"top_k": top_k})
+    else:
+        shape = Workload(task, "", "image/jpeg", ())
+    if not with_bodies:
+        return shape
+    return dataclasses.replace(shape, bodies=_task_bodies(task, manifest))
+
+
+def _task_bodies(task: str, manifest: BaseManifest) -> tuple[bytes, ...]:
     if task == "generate":
         labels = len(manifest.labels)
-        bodies = tuple(
+        return tuple(
             json.dumps({"label": i % labels, "count": 1, "seed": i}).encode()
             for i in range(GENERATE_BODIES)
         )
-        return Workload(task, "", "application/json", bodies)
     if task == "denoise":
         # Photos the size of one tile's centre: one request is one sample.
         side = manifest.input.height - 2 * manifest.denoising.margin
         noisy = payloads.make_payloads(payloads.load_photos(), (side,), payloads.NOISE_SIGMA)
-        return Workload(task, "", "image/png", _bodies(noisy, "image/png"))
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-    bodies = _bodies(payloads.make_payloads(payloads.load_photos(), (PHOTO_SIZE,)), "image/jpeg")
-    if task == "classify":
-        top_k = min(TOP_K, len(manifest.labels))
-        return Workload(task, f"?top_k={top_k}", "image/jpeg", bodies, {"top_k": top_k})
-    return Workload(task, "", "image/jpeg", bodies)
+        return _bodies(noisy, "image/png")
+    return _bodies(payloads.make_payloads(payloads.load_photos(), (PHOTO_SIZE,)), "image/jpeg")
 
 
 def task_path(base_url: str, name: str) -> str:
