@@ -52,7 +52,19 @@ def stderr_held(expected: tuple[type[BaseException], ...] = ()) -> Iterator[None
                 sys.stderr.write(held.read().decode(errors="replace"))
 
 
-__all__ = ["keras", "stderr_held", "wanted"]
+__all__ = ["devices", "keras", "stderr_held", "wanted"]
 
 with stderr_held():
     import keras
+
+
+def devices() -> list[str]:
+    """The devices Keras can place work on, for the log. Keras lists them for TensorFlow
+    and JAX; the PyTorch backend has no such list, so ask torch."""
+    try:
+        return keras.distribution.list_devices()
+    except AttributeError:
+        import torch
+
+        gpus = [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+        return [*gpus, "cpu"]

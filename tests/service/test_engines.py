@@ -68,10 +68,13 @@ def outcomes(runtime) -> dict[tuple[str, str], str]:
 def test_auto_keeps_a_compiled_engine_that_agrees_and_is_faster(colours, cache_dir):
     runtime = load(colours, cache_dir=cache_dir)
     report = runtime.engine_report
-    assert report.engine in COMPILED
+    # The fastest of Keras and the agreeing engines serves, by the times measured at load.
+    timed = [t for t in report.trials if t.batch_ms]
+    assert min(timed, key=lambda t: t.total_ms).outcome == "serving"
     assert runtime.engine.name == report.engine
-    assert outcomes(runtime)[(report.engine, report.precision)] == "serving"
-    assert outcomes(runtime)[("keras", "fp32")] == "slower"
+    if keras.backend.backend() == "tensorflow":  # TF's predict_on_batch: ~60x slower here
+        assert report.engine in COMPILED
+        assert outcomes(runtime)[("keras", "fp32")] == "slower"
     assert "same top-1 on 8/8" in report.reason
     # The batcher weighs batch sizes with the chosen engine's own times.
     serving = next(t for t in report.trials if t.outcome == "serving")
@@ -171,9 +174,11 @@ def test_bf16_without_the_cpu_units_for_it_falls_back(colours, cache_dir):
 
 
 def test_a_captioner_runs_both_its_parts_on_the_compiled_engine(tmp_path, cache_dir):
-    runtime = load(publish_captioner(tmp_path / "models"), cache_dir=cache_dir)
-    assert runtime.engine_report.engine in COMPILED
-    assert {e.name for e in runtime.engines.values()} == {runtime.engine_report.engine}
+    # Named, so kept whatever its speed (JAX runs this tiny decoder as fast as any).
+    runtime = load(
+        publish_captioner(tmp_path / "models"), engine="onnxruntime", cache_dir=cache_dir
+    )
+    assert {e.name for e in runtime.engines.values()} == {"onnxruntime"}
     assert set(runtime.engines) == {"encoder", "decoder"}
     paths = [exported_onnx(runtime.model_path, part, cache_dir) for part in runtime.engines]
     assert all(cached for _, cached in paths)
