@@ -241,6 +241,9 @@ async def test_batch_does_not_wait_when_nothing_is_on_its_way():
         ({1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0, 16: 16.0}, [8, 1]),
         # An accelerator: 16 cost little more than 8. 9 samples: one batch, padded to 16.
         ({1: 1.0, 2: 1.0, 4: 1.0, 8: 1.1, 16: 1.3}, [16]),
+        # A compiled engine cheapest per sample in small batches: pairs (the largest size
+        # within 10% of the cheapest per sample), the last sample alone.
+        ({1: 1.0, 2: 2.1, 4: 4.8, 8: 10.0, 16: 20.0}, [2, 2, 2, 2, 1]),
         # Not measured: pad, as before.
         ({}, [16]),
     ],
