@@ -13,6 +13,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+import kerve_backend
 from kerve_backend import keras
 from service import logs
 from service.errors import ServiceError
@@ -32,7 +33,7 @@ def create_app(settings: Settings | None = None) -> fastapi.FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: fastapi.FastAPI):
-        devices = ", ".join(keras.distribution.list_devices())
+        devices = ", ".join(kerve_backend.devices())
         logger.info("Keras backend %s, devices: %s", keras.backend.backend(), devices)
         pool = concurrent.futures.ThreadPoolExecutor(
             settings.preprocess_threads, thread_name_prefix="preprocess"
@@ -62,7 +63,10 @@ def create_app(settings: Settings | None = None) -> fastapi.FastAPI:
     for exception_type, handler in EXCEPTION_HANDLERS.items():
         app.add_exception_handler(exception_type, handler)
     for router in (tasks.task_router(), models.router, health.router, v2.router, tfserving.router):
-        app.include_router(router)
+        # The routes join the app's own list, in order: FastAPI (0.16x) matches an
+        # included router's routes twice per request, to pick the router and then inside
+        # it, which cost the generate route about 50 us a request (python -m bench.stages).
+        app.router.routes.extend(router.routes)
     _add_offline_docs(app)
     _add_page(app)
     return app

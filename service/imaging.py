@@ -7,7 +7,9 @@ here, so that no upload can crash a worker thread or reach the model malformed.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
@@ -20,6 +22,9 @@ EXIF_ORIENTATION = 0x0112
 TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # stored sideways: width and height swap
 SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 BACKGROUND = (255, 255, 255)  # what transparent pixels become
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SMALL_PNG_PIXELS = 64 * 64  # up to this, encode_png writes the PNG itself
+SMALL_PNG_COLOUR_TYPES = {"L": 0, "RGB": 2}  # Pillow mode -> PNG colour type (8 bits)
 
 # Pillow's own bomb guard warns between 1x and 2x MAX_IMAGE_PIXELS; we check the
 # size ourselves against the configured limit, so the warning is noise.
@@ -148,7 +153,41 @@ def overlay(image: Image.Image, mask: Image.Image, opacity: float = 0.5) -> Imag
 
 
 def encode_png(image: Image.Image) -> bytes:
+    small = image.width * image.height <= SMALL_PNG_PIXELS
+    if small and image.mode in SMALL_PNG_COLOUR_TYPES and not image.info:  # no ICC, dpi, ...
+        return _small_png(image)
     buffer = io.BytesIO()
     # Level 1: most of the size saving at a fraction of the default level's time.
     image.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def _small_png(image: Image.Image) -> bytes:
+    """A small L or RGB image as a PNG, written here: on the generator's 28x28 images
+    Pillow's writer (its Python, and a full-size zlib state for every call) took two to
+    three times as long, for the same bytes within 1%. Every row gets PNG's Up filter, within
+    1% (generated) to 6% (photos) of the size Pillow's per-row choice of filters gives."""
+    rows = np.frombuffer(image.tobytes(), np.uint8).reshape(image.height, -1)
+    scanlines = np.empty((image.height, rows.shape[1] + 1), np.uint8)
+    scanlines[:, 0] = 2  # the filter type, Up: each byte less the byte above it, mod 256
+    scanlines[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=scanlines[1:, 1:])
+    data = scanlines.tobytes()
+    window_bits = min(max((len(data) - 1).bit_length(), 9), 15)
+    compressor = zlib.compressobj(1, zlib.DEFLATED, window_bits, max(1, window_bits - 6))
+    header = struct.pack(
+        ">IIBBBBB", image.width, image.height, 8, SMALL_PNG_COLOUR_TYPES[image.mode], 0, 0, 0
+    )
+    return b"".join(
+        (
+            PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", compressor.compress(data) + compressor.flush()),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(kind))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import random
 import time
-import uuid
 
 from service import logs
 from service.errors import PayloadTooLarge
@@ -13,6 +14,8 @@ from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
 REQUEST_ID_HEADER = b"x-request-id"
+_request_ids = random.Random()  # seeded from os.urandom, and again in a forked child
+os.register_at_fork(after_in_child=_request_ids.seed)
 
 
 class RequestContextMiddleware:
@@ -20,13 +23,17 @@ class RequestContextMiddleware:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        # The latency histogram and request counter bound to each label set seen: binding
+        # (prometheus_client's labels()) costs more than observing. As many entries as the
+        # registry has series.
+        self._series: dict[tuple[str, ...], tuple] = {}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        request_id = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        request_id = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1")[:128] or _new_id()
         logs.request_id.set(request_id)
         started = time.perf_counter()
         status = 500
@@ -82,16 +89,15 @@ class RequestContextMiddleware:
         path = getattr(route, "path", "unmatched")  # the template, never the raw path
         state = scope.get("state", {})
         model, version = state.get("model", ""), str(state.get("version", ""))
-        labels = {
-            "route": path,
-            # Set on each task and protocol handler by its route factory.
-            "task": getattr(getattr(route, "endpoint", None), "metrics_task", ""),
-            "status": str(status),
-            "model": model,
-            "version": version,
-        }
-        self.metrics.request_latency.labels(method=scope["method"], **labels).observe(elapsed)
-        self.metrics.requests.labels(**labels).inc()
+        # Set on each task and protocol handler by its route factory.
+        task = getattr(getattr(route, "endpoint", None), "metrics_task", "")
+        key = (scope["method"], path, task, str(status), model, version)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = self._bind(*key)
+        latency, requests = series
+        latency.observe(elapsed)
+        requests.inc()
         access_log.info(
             "%s %s %d",
             scope["method"],
@@ -103,6 +109,19 @@ class RequestContextMiddleware:
                 "model": model or None,
             },
         )
+
+    def _bind(self, method: str, route: str, task: str, status: str, model: str, version: str):
+        labels = dict(route=route, task=task, status=status, model=model, version=version)
+        return (
+            self.metrics.request_latency.labels(method=method, **labels),
+            self.metrics.requests.labels(**labels),
+        )
+
+
+def _new_id() -> str:
+    """A request id: 32 random hex digits, as long as a uuid4's, with no system call:
+    uuid4's os.urandom took 2 to 5% of the event loop's time under load."""
+    return f"{_request_ids.getrandbits(128):032x}"
 
 
 def _speaks_a_protocol(path: str) -> bool:

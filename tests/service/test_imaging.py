@@ -175,3 +175,17 @@ def test_mask_png_keeps_class_indices_and_overlay_leaves_background_alone():
     blended = np.asarray(imaging.overlay(photo, mask))
     assert blended[0, 0].tolist() == [100, 100, 100] and blended[1, 1].tolist() == [100, 100, 100]
     assert blended[0, 1].tolist() == [114, 50, 50]  # halfway to (128, 0, 0)
+
+
+@pytest.mark.parametrize(("shape", "mode"), [((28, 28), "L"), ((5, 64, 3), "RGB"), ((1, 1), "L")])
+def test_small_png_is_written_here_and_decodes_to_the_same_pixels(shape, mode):
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    png = imaging.encode_png(Image.fromarray(pixels, mode))
+    assert png.startswith(imaging.PNG_SIGNATURE)
+    # written by encode_png itself: IHDR, one IDAT, IEND and nothing else
+    assert [png[i : i + 4] for i in (12, 37)] == [b"IHDR", b"IDAT"]
+    (idat_length,) = struct.unpack(">I", png[33:37])
+    assert len(png) == 8 + 25 + 12 + idat_length + 12 and png.endswith(b"IEND\xaeB`\x82")
+    Image.open(io.BytesIO(png)).verify()  # every chunk's CRC
+    decoded = Image.open(io.BytesIO(png))
+    assert decoded.mode == mode and np.array_equal(np.asarray(decoded), pixels)
