@@ -10,6 +10,8 @@ engines too, and the exporter's memory and threads leave with the child.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import importlib.util
 import os
@@ -24,10 +26,8 @@ EXPORTER_VERSION = "1"  # bump when the export changes, so cached files are made
 
 def exported_onnx(model_path: Path, part: str, cache_dir: Path | None) -> tuple[Path, bool]:
     """The ONNX file of ``part`` ("model" for the whole model) and whether it was cached."""
-    if cache_dir is None:
-        folder = Path(tempfile.mkdtemp(prefix="kerve-onnx-"))
-    else:
-        folder = cache_dir / "onnx" / f"{file_hash(model_path)}-{EXPORTER_VERSION}"
+    root = cache_dir if cache_dir is not None else _scratch()
+    folder = root / "onnx" / f"{file_hash(model_path)}-{EXPORTER_VERSION}"
     target = folder / f"{part}.onnx"
     if target.exists():
         return target, True
@@ -48,6 +48,14 @@ def exported_onnx(model_path: Path, part: str, cache_dir: Path | None) -> tuple[
         raise RuntimeError(lines[-1] if lines else f"the exporter exited with {done.returncode}")
     partial.replace(target)
     return target, False
+
+
+@functools.cache
+def _scratch() -> Path:
+    """Without a cache folder, exports live in one folder of this process, removed at exit."""
+    folder = tempfile.TemporaryDirectory(prefix="kerve-onnx-")
+    atexit.register(folder.cleanup)
+    return Path(folder.name)
 
 
 def export_backend() -> str:

@@ -37,19 +37,20 @@ class Trial:
     precision: str
     outcome: str  # serving, faster, slower, disagrees, failed
     detail: str = ""
-    batch_ms: dict[int, float] = dataclasses.field(default_factory=dict)
+    batch_seconds: dict[int, float] = dataclasses.field(default_factory=dict)
     prepare_s: float | None = None  # export (unless cached) and compile
     cached: bool | None = None  # whether the ONNX export came from the cache
     engines: dict[str, Engine] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
-    def total_ms(self) -> float:
-        return sum(self.batch_ms.values())
+    def total_seconds(self) -> float:
+        return sum(self.batch_seconds.values())
 
     def as_dict(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
         del fields["engines"]
-        fields["batch_ms"] = {str(size): round(ms, 2) for size, ms in self.batch_ms.items()}
+        times = fields.pop("batch_seconds")
+        fields["batch_ms"] = {str(size): round(1000 * s, 2) for size, s in times.items()}
         return {k: v for k, v in fields.items() if v not in (None, "")}
 
 
@@ -81,7 +82,7 @@ def choose(runtime: Runtime, config: EngineConfig, model_path: Path | None) -> E
         "keras",
         next(iter(keras_engines.values())).precision,
         "serving",
-        batch_ms=_ms(runtime.batch_seconds),
+        batch_seconds=runtime.batch_seconds,
     )
     backend = keras.backend.backend()
     if config.engine == "keras" or model_path is None:
@@ -94,20 +95,19 @@ def choose(runtime: Runtime, config: EngineConfig, model_path: Path | None) -> E
         _try(runtime, engine, precision, config, model_path, probes, reference)
         for engine, precision in _candidates(config)
     ]
-    runtime.engines = keras_engines
     agreeing = [t for t in trials if t.outcome == "agrees"]
-    best = min(agreeing, key=lambda t: t.total_ms, default=None)
+    best = min(agreeing, key=lambda t: t.total_seconds, default=None)
     if config.engine != "auto" and best is None:
         detail = "; ".join(f"{t.engine} {t.precision}: {t.detail}" for t in trials)
         raise ValueError(f"SERVE_ENGINE={config.engine} cannot serve this model: {detail}")
     for trial in agreeing:
-        trial.outcome = "faster" if trial.total_ms < keras_trial.total_ms else "slower"
+        trial.outcome = "faster" if trial.total_seconds < keras_trial.total_seconds else "slower"
     chosen = keras_trial
     if best is not None and (config.engine != "auto" or best.outcome == "faster"):
         keras_trial.outcome = "slower" if best.outcome == "faster" else "faster"
         chosen, best.outcome = best, "serving"
-        runtime.engines, runtime.batch_seconds = best.engines, _seconds(best.batch_ms)
-        speed = keras_trial.total_ms / best.total_ms
+        runtime.engines, runtime.batch_seconds = best.engines, best.batch_seconds
+        speed = keras_trial.total_seconds / best.total_seconds
         reason = f"{best.engine} {best.precision}: {speed:.2f}x Keras's speed; {best.detail}"
     else:
         reason = _why_keras(trials)
@@ -164,7 +164,7 @@ def _try(
             trial.outcome = "disagrees"
             trial.engines = {}
             return trial
-        trial.batch_ms = _ms(runtime.time_batches())
+        trial.batch_seconds = runtime.time_batches()
         trial.outcome = "agrees"
     except Exception as error:  # noqa: BLE001 - a candidate's failure only rules it out
         trial.detail = f"{type(error).__name__}: {error}"[:300]
@@ -179,16 +179,8 @@ def _why_keras(trials: list[Trial]) -> str:
         return "no compiled engine to try"
     why = [
         f"{t.engine} {t.precision} {t.outcome}"
-        + (f" ({t.total_ms:.0f} ms over the batch sizes)" if t.outcome == "slower" else "")
+        + (f" ({t.total_seconds:.3f} s over the batch sizes)" if t.outcome == "slower" else "")
         + f": {t.detail}"
         for t in trials
     ]
     return "Keras; " + "; ".join(why)
-
-
-def _ms(seconds: dict[int, float]) -> dict[int, float]:
-    return {size: 1000 * s for size, s in seconds.items()}
-
-
-def _seconds(ms: dict[int, float]) -> dict[int, float]:
-    return {size: m / 1000 for size, m in ms.items()}

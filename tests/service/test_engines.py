@@ -11,7 +11,7 @@ import pytest
 
 from kerve_backend import keras
 from service.batching import BatchConfig
-from service.engines import COMPILED, EngineConfig, hardware
+from service.engines import COMPILED, EngineConfig, hardware, onnx_export
 from service.engines.onnx_export import exported_onnx
 from service.metrics import Metrics
 from service.repository import load_runtime
@@ -69,8 +69,8 @@ def test_auto_keeps_a_compiled_engine_that_agrees_and_is_faster(colours, cache_d
     runtime = load(colours, cache_dir=cache_dir)
     report = runtime.engine_report
     # The fastest of Keras and the agreeing engines serves, by the times measured at load.
-    timed = [t for t in report.trials if t.batch_ms]
-    assert min(timed, key=lambda t: t.total_ms).outcome == "serving"
+    timed = [t for t in report.trials if t.batch_seconds]
+    assert min(timed, key=lambda t: t.total_seconds).outcome == "serving"
     assert runtime.engine.name == report.engine
     if keras.backend.backend() == "tensorflow":  # TF's predict_on_batch: ~60x slower here
         assert report.engine in COMPILED
@@ -78,8 +78,9 @@ def test_auto_keeps_a_compiled_engine_that_agrees_and_is_faster(colours, cache_d
     assert "same top-1 on 8/8" in report.reason
     # The batcher weighs batch sizes with the chosen engine's own times.
     serving = next(t for t in report.trials if t.outcome == "serving")
+    reported = serving.as_dict()["batch_ms"]  # as /v1/models shows them
     assert runtime.batch_seconds == pytest.approx(
-        {s: ms / 1000 for s, ms in serving.batch_ms.items()}
+        {int(size): ms / 1000 for size, ms in reported.items()}, abs=1e-5
     )
 
     red = np.zeros((1, 16, 16, 3), np.float32)
@@ -125,6 +126,14 @@ def test_the_export_is_cached_for_the_next_load(colours, cache_dir, monkeypatch)
     compiled = [t for t in second.engine_report.trials if t.engine != "keras"]
     assert compiled and all(t.cached for t in compiled)
     assert second.engine_report.engine == first.engine_report.engine
+
+
+def test_without_a_cache_folder_exports_stay_in_one_scratch_folder_of_the_process(dense):
+    model_path = dense / "model.keras"
+    first, cached = exported_onnx(model_path, "model", None)
+    assert not cached
+    assert first.is_relative_to(onnx_export._scratch())  # removed when the process exits
+    assert exported_onnx(model_path, "model", None) == (first, True)
 
 
 @keras.saving.register_keras_serializable(package="kerve_tests")
