@@ -43,8 +43,12 @@ NOT_INFERABLE = {
     "generation": "a generator's manifest needs its latent size",
 }
 LABELLED_TASKS = ("classification", "segmentation", "generation")
-IMAGE_TASKS = ("classification", "segmentation", "denoising")
+IMAGE_TASKS = ("classification", "segmentation", "denoising", "upscaling")
+TILED_TASKS = ("denoising", "upscaling")  # any image size, on overlap tiles with margins
 DENOISING_TILE = 256  # a denoiser that takes any size is tiled as training/denoiser.py does
+# An upscaler that takes any size: low-resolution tiles of 128, whose 8-pixel margins
+# cost (128 / 112)² = 1.3x the work of the centres alone.
+UPSCALING_TILE = 128
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -186,6 +190,19 @@ def add_publish_parser(commands: argparse._SubParsersAction) -> None:
         choices=["probabilities", "logits"],
         help="a classifier's last layer: softmax probabilities (the default) or raw logits",
     )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        help="an upscaler's output pixels per input pixel, per axis (default: measured with "
+        "a forward pass)",
+    )
+    parser.add_argument(
+        "--margin",
+        type=int,
+        help="a denoiser's or upscaler's tile margin in input pixels, context only: at least "
+        "the model's receptive radius for seamless tiles (default: 16 for denoising, 8 for "
+        "upscaling)",
+    )
     parser.add_argument("--description", default="", help="one line on what the model does")
     parser.set_defaults(run=publish)
 
@@ -220,6 +237,10 @@ def check_options(args: argparse.Namespace) -> None:
         raise CommandError(f"a {args.task} model has no labels; leave out --labels")
     if args.task not in IMAGE_TASKS and args.scaling is not None:
         raise CommandError(f"a {args.task} model takes no images; leave out --scaling")
+    if args.task != "upscaling" and args.scale is not None:
+        raise CommandError("--scale is for an upscaling model")
+    if args.task not in TILED_TASKS and args.margin is not None:
+        raise CommandError(f"--margin is for a tiled task ({' or '.join(TILED_TASKS)})")
 
 
 def read_labels(path: Path) -> list[str]:
@@ -276,12 +297,37 @@ def build_manifest(
         fields["output"] = args.output
     if labels is not None:
         fields["labels"] = labels
-    if args.task == "denoising":
-        fields["denoising"] = kerve_manifest.DenoisingSpec(sigma_input=len(model.inputs) == 2)
+    margin = {} if args.margin is None else {"margin": args.margin}
     try:
+        if args.task == "denoising":
+            sigma_input = len(model.inputs) == 2
+            fields["denoising"] = kerve_manifest.DenoisingSpec(sigma_input=sigma_input, **margin)
+        if args.task == "upscaling":
+            scale = args.scale or measured_scale(model, fields["input"])
+            fields["upscaling"] = kerve_manifest.UpscalingSpec(scale=scale, **margin)
         return kerve_manifest.MANIFEST_TYPES[args.task](**fields)
     except pydantic.ValidationError as error:
         raise CommandError(f"invalid manifest: {describe(error)}") from error
+
+
+def measured_scale(model: keras.Model, spec: kerve_manifest.InputSpec) -> int:
+    """How many times larger a blank tile comes out of an upscaler (its --scale unsaid)."""
+    import numpy as np
+
+    try:
+        upscaled = model.predict_on_batch(np.zeros((1, spec.height, spec.width, spec.channels)))
+    except Exception as error:
+        raise CommandError(f"the model does not run on a tile: {one_line(error)}") from error
+    if isinstance(upscaled, dict | list | tuple) or np.ndim(upscaled) != 4:
+        raise CommandError("an upscaler has one output, an image (batch, height, width, channels)")
+    height, width = np.shape(upscaled)[1:3]
+    scale = height // spec.height
+    if (height, width) != (scale * spec.height, scale * spec.width):
+        raise CommandError(
+            f"a {spec.width}x{spec.height} tile comes out {width}x{height}, not a whole number "
+            "of times larger: an upscaler's output is --scale times its input"
+        )
+    return scale
 
 
 def input_spec(model: keras.Model, task: str, scaling: str) -> kerve_manifest.InputSpec:
@@ -293,8 +339,8 @@ def input_spec(model: keras.Model, task: str, scaling: str) -> kerve_manifest.In
             f"this one's input is shaped {shape}"
         )
     height, width, channels = shape[1:]
-    if task == "denoising" and height is None and width is None:
-        height = width = DENOISING_TILE
+    if task in TILED_TASKS and height is None and width is None:
+        height = width = DENOISING_TILE if task == "denoising" else UPSCALING_TILE
     if height is None or width is None:
         raise CommandError(f"the model's input {shape} does not fix the image height and width")
     if scaling in kerve_manifest.PIXEL_SCALINGS:

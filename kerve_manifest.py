@@ -117,6 +117,17 @@ class DenoisingSpec(pydantic.BaseModel):
         return self
 
 
+class UpscalingSpec(pydantic.BaseModel):
+    """How a super-resolution model is served: on overlapping low-resolution tiles of
+    ``input.height`` x ``input.width`` whose outer ``margin`` pixels are context only;
+    each tile comes back ``scale`` times larger and contributes its centre."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    scale: int = pydantic.Field(ge=2, le=8)  # output pixels per input pixel, per axis
+    margin: int = pydantic.Field(default=8, ge=0)  # in input pixels
+
+
 class GenerationSpec(pydantic.BaseModel):
     """How a class-conditional generator is served.
 
@@ -212,18 +223,29 @@ class CaptioningManifest(ImageManifest):
     text: TextSpec  # the decoder's vocabulary
 
 
+def _check_tile_centre(input_spec: InputSpec, margin: int) -> None:
+    tile = min(input_spec.height, input_spec.width)
+    if 2 * margin >= tile:
+        raise ValueError(f"a tile of {tile} px has no centre left inside margins of {margin} px")
+
+
 class DenoisingManifest(ImageManifest):
     task: Literal["denoising"] = "denoising"
     denoising: DenoisingSpec  # tiling and noise levels
 
     @pydantic.model_validator(mode="after")
     def _tile_has_a_centre(self) -> DenoisingManifest:
-        tile = min(self.input.height, self.input.width)
-        if 2 * self.denoising.margin >= tile:
-            raise ValueError(
-                f"a tile of {tile} px has no centre left inside margins of "
-                f"{self.denoising.margin} px"
-            )
+        _check_tile_centre(self.input, self.denoising.margin)
+        return self
+
+
+class UpscalingManifest(ImageManifest):
+    task: Literal["upscaling"] = "upscaling"
+    upscaling: UpscalingSpec  # scale and tiling
+
+    @pydantic.model_validator(mode="after")
+    def _tile_has_a_centre(self) -> UpscalingManifest:
+        _check_tile_centre(self.input, self.upscaling.margin)
         return self
 
 
@@ -244,6 +266,7 @@ Manifest = Annotated[
     | SegmentationManifest
     | CaptioningManifest
     | DenoisingManifest
+    | UpscalingManifest
     | GenerationManifest
     | TensorManifest,
     pydantic.Field(discriminator="task"),

@@ -26,7 +26,7 @@ import numpy as np
 if TYPE_CHECKING:
     from bench import standalone
 
-TASKS = ("classify", "segment", "caption", "denoise", "generate")  # bench.workloads.TASKS
+TASKS = ("classify", "segment", "caption", "denoise", "upscale", "generate")  # workloads.TASKS
 ENGINE_CHOICES = ("auto", "keras", "onnxruntime", "openvino")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 

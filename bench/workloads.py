@@ -18,6 +18,7 @@ from bench.loadgen import LoadResult, run_load
 from kerve_manifest import BaseManifest
 from loadtest import payloads
 from service.runtimes import RUNTIMES, Runtime
+from service.runtimes.tiled import TiledImageRuntime
 
 PHOTO_SIZE = 224  # long side: a typical phone upload resized by the client
 GENERATE_BODIES = 32
@@ -63,7 +64,7 @@ def workload(task: str, manifest: BaseManifest, with_bodies: bool = True) -> Wor
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     if task == "generate":
         shape = Workload(task, "", "application/json", ())
-    elif task == "denoise":
+    elif issubclass(TASKS[task], TiledImageRuntime):  # denoise, upscale
         shape = Workload(task, "", "image/png", ())
     elif task == "classify":
         top_k = min(TOP_K, len(manifest.labels))
@@ -82,11 +83,13 @@ def _task_bodies(task: str, manifest: BaseManifest) -> tuple[bytes, ...]:
             json.dumps({"label": i % labels, "count": 1, "seed": i}).encode()
             for i in range(GENERATE_BODIES)
         )
-    if task == "denoise":
-        # Photos the size of one tile's centre: one request is one sample.
-        side = manifest.input.height - 2 * manifest.denoising.margin
-        noisy = payloads.make_payloads(payloads.load_photos(), (side,), payloads.NOISE_SIGMA)
-        return _bodies(noisy, "image/png")
+    if issubclass(TASKS[task], TiledImageRuntime):
+        # Photos the size of one tile's centre: one request is one sample. A denoiser's
+        # are noisy; an upscaler's are small photos, clean.
+        margin, _ = TASKS[task].tiling_of(manifest)
+        side = min(manifest.input.height, manifest.input.width) - 2 * margin
+        noise = payloads.NOISE_SIGMA if task == "denoise" else None
+        return _bodies(payloads.make_payloads(payloads.load_photos(), (side,), noise), "image/png")
     return _bodies(payloads.make_payloads(payloads.load_photos(), (PHOTO_SIZE,)), "image/jpeg")
 
 

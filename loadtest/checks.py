@@ -91,6 +91,18 @@ def check_denoise(body: Any, width: int, height: int) -> str | None:
     return check_png(body.get("image"), width, height, "image")
 
 
+def check_upscale(body: Any, width: int, height: int) -> str | None:
+    """The image sent, ``scale`` times larger (the answer says its scale)."""
+    scale = body.get("scale") if isinstance(body, dict) else None
+    if not isinstance(scale, int) or scale < 2:
+        return "no scale"
+    if (body.get("width"), body.get("height")) != (scale * width, scale * height):
+        return f"not a {scale * width}x{scale * height} image ({scale}x {width}x{height})"
+    if not isinstance(body.get("tiles"), int) or body["tiles"] < 1:
+        return "no tiles"
+    return check_png(body.get("image"), scale * width, scale * height, "image")
+
+
 def check_generate(body: Any, label: str, count: int) -> str | None:
     images = _list(body, "images", count, "{} images for a count of {}")
     if isinstance(images, str):

@@ -1,4 +1,4 @@
-"""Locust users for Kerve: one per task, and a weighted mix of all five.
+"""Locust users for Kerve: one per task, and a weighted mix of them all.
 
     locust -f loadtest/locustfile.py --host http://localhost:8000      # web UI on :8089
     locust -f loadtest/locustfile.py --headless -u 16 -r 4 -t 60s --tags denoise
@@ -158,6 +158,18 @@ class KerveUser(FastHttpUser):
             headers={"Content-Type": photo.content_type},
         )
 
+    def upscale(self) -> None:
+        endpoint = self.endpoints.get("upscaling")
+        if endpoint is None:
+            return
+        photo = random.choice(payloads.small_payloads())
+        self.post_checked(
+            endpoint.path,
+            lambda b: checks.check_upscale(b, photo.width, photo.height),
+            data=photo.body,
+            headers={"Content-Type": photo.content_type},
+        )
+
     def generate(self) -> None:
         endpoint = self.endpoints.get("generation")
         if endpoint is None or not endpoint.labels:
@@ -206,6 +218,15 @@ class DenoiseUser(KerveUser):
         self.denoise()
 
 
+class UpscaleUser(KerveUser):
+    tasks_needed = ("upscaling",)
+
+    @tag("upscale")
+    @task
+    def upscale_photo(self) -> None:
+        self.upscale()
+
+
 class GenerateUser(KerveUser):
     tasks_needed = ("generation",)
 
@@ -248,6 +269,11 @@ class MixedUser(KerveUser):
     def denoise_photo(self) -> None:
         self.denoise()
 
+    @tag("mixed")
+    @task(1)
+    def upscale_photo(self) -> None:
+        self.upscale()
+
 
 @events.test_start.add_listener
 def build_payloads(**_kwargs) -> None:
@@ -255,6 +281,7 @@ def build_payloads(**_kwargs) -> None:
     seconds it takes would block every greenlet and show up as latency."""
     payloads.photo_payloads()
     payloads.noisy_payloads()
+    payloads.small_payloads()
 
 
 @events.test_start.add_listener

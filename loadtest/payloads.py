@@ -17,6 +17,7 @@ from PIL import Image
 
 SIZES = (224, 512, 1024)  # long side in pixels
 DENOISE_SIZES = (256, 512)  # modest: a 1024-pixel photo is hundreds of tiles on a CPU
+UPSCALE_SIZES = (64, 128)  # small photos, as upscaling gets: 4x makes them 256 and 512
 NOISE_SIGMA = 25.0  # pixel levels, as the demo denoiser expects
 NOISE_SEED = 0
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "camera", "rocket")
@@ -44,8 +45,10 @@ def sizes_from_env(variable: str, default: tuple[int, ...]) -> tuple[int, ...]:
     return sizes
 
 
+@functools.cache
 def load_photos() -> dict[str, np.ndarray]:
-    """The bundled photos as RGB uint8 arrays, by name."""
+    """The bundled photos as RGB uint8 arrays, by name (read once: each payload set is
+    made from them, and locust makes three before its users start). Not to be changed."""
     import skimage.color
     import skimage.data
     import sklearn.datasets
@@ -113,6 +116,13 @@ def add_noise(photo: np.ndarray, sigma: float, seed: int) -> np.ndarray:
 def photo_payloads() -> tuple[Payload, ...]:
     """Clean photos for classify, segment and caption."""
     return tuple(make_payloads(load_photos(), sizes_from_env("KERVE_LOADTEST_SIZES", SIZES)))
+
+
+@functools.cache
+def small_payloads() -> tuple[Payload, ...]:
+    """Small clean photos for upscale."""
+    sizes = sizes_from_env("KERVE_LOADTEST_UPSCALE_SIZES", UPSCALE_SIZES)
+    return tuple(make_payloads(load_photos(), sizes))
 
 
 @functools.cache

@@ -27,6 +27,7 @@ from loadtest.locustfile import (  # noqa: E402, F401  (locust collects the user
     GenerateUser,
     MixedUser,
     SegmentUser,
+    UpscaleUser,
 )
 
 

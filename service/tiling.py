@@ -7,6 +7,10 @@ where the margin covers the model's receptive field the stitched result equals
 the model run on the whole image at once. Outside the image, pixels are mirrored
 ("symmetric": the edge pixel repeats, then the image reflects), which also works
 for a one-pixel-wide image and for margins wider than the image.
+
+A model may return each tile ``scale`` times larger (super-resolution): the grid
+is laid out on the input, and each centre comes back as ``scale * centre`` pixels
+placed at ``scale * top, scale * left`` of an output ``scale`` times the input's size.
 """
 
 from __future__ import annotations
@@ -27,6 +31,15 @@ class TileGrid:
     tile_height: int
     tile_width: int
     margin: int
+    scale: int = 1  # output pixels per input pixel, per axis
+
+    @property
+    def out_height(self) -> int:
+        return self.scale * self.height
+
+    @property
+    def out_width(self) -> int:
+        return self.scale * self.width
 
     @property
     def centre_height(self) -> int:
@@ -72,16 +85,18 @@ def cut_tiles(planes: np.ndarray, grid: TileGrid, out: np.ndarray) -> None:
 
 
 def stitch_tiles(centres: np.ndarray, grid: TileGrid) -> np.ndarray:
-    """One image (height, width, planes x channels) from the tiles' centres.
+    """One image (out_height, out_width, planes x channels) from the tiles' centres.
 
-    ``centres`` is (num_tiles, centre_height, centre_width, channels); plane ``p``
-    fills channels ``p * channels`` onwards. Centres past the image's edge are cut.
+    ``centres`` is (num_tiles, scale * centre_height, scale * centre_width, channels);
+    plane ``p`` fills channels ``p * channels`` onwards. Centres past the image's edge
+    are cut.
     """
-    channels = centres.shape[-1]
-    image = np.empty((grid.height, grid.width, grid.planes * channels), np.uint8)
+    channels, scale = centres.shape[-1], grid.scale
+    image = np.empty((grid.out_height, grid.out_width, grid.planes * channels), np.uint8)
     for index, (plane, top, left) in enumerate(grid.positions()):
-        bottom = min(top + grid.centre_height, grid.height)
-        right = min(left + grid.centre_width, grid.width)
+        top, left = scale * top, scale * left
+        bottom = min(top + scale * grid.centre_height, grid.out_height)
+        right = min(left + scale * grid.centre_width, grid.out_width)
         block = centres[index, : bottom - top, : right - left]
         image[top:bottom, left:right, plane * channels : (plane + 1) * channels] = block
     return image

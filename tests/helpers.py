@@ -266,6 +266,56 @@ def publish_denoiser(
     return export.publish(model, manifest, repository, name)
 
 
+def build_nearest_upscaler(scale: int = 2, channels: int = 3) -> keras.Model:
+    """A fully convolutional upscaler that repeats each pixel into a ``scale`` x ``scale``
+    block: its output is known exactly (np.repeat along both axes)."""
+    image = keras.Input((None, None, channels), name="image")
+    return keras.Model(image, keras.layers.UpSampling2D(scale, interpolation="nearest")(image))
+
+
+def build_conv_upscaler(
+    scale: int = 2, channels: int = 3, layers: int = 3, seed: int = 0
+) -> keras.Model:
+    """A small real upscaler, ESPCN-like: ``layers`` 3x3 "same" convolutions (receptive
+    radius ``layers`` input pixels), each a box blur per channel with random weights mixed
+    in, then a transposed convolution of kernel and stride ``scale`` that makes each pixel
+    a ``scale`` x ``scale`` block of its own (a learned pixel shuffle)."""
+    rng = np.random.default_rng(seed)
+    image = keras.Input((None, None, channels), name="image")
+    outputs = image
+    for _ in range(layers):
+        conv = keras.layers.Conv2D(channels, 3, padding="same")
+        outputs = conv(outputs)
+        kernel = np.eye(channels) / 9 + rng.normal(0, 0.03, (3, 3, channels, channels))
+        conv.set_weights([kernel.astype(np.float32), rng.normal(0, 0.02, channels).astype("f4")])
+    shuffle = keras.layers.Conv2DTranspose(channels, scale, strides=scale, name="shuffle")
+    outputs = shuffle(outputs)
+    kernel = np.eye(channels) + rng.normal(0, 0.1, (scale, scale, channels, channels))
+    shuffle.set_weights([kernel.astype(np.float32), np.zeros(channels, np.float32)])
+    return keras.Model(image, outputs)
+
+
+def upscaling_manifest(
+    scale: int = 2, tile: int = 32, margin: int = 4, channels: int = 3, **batching
+) -> kerve_manifest.Manifest:
+    return kerve_manifest.UpscalingManifest(
+        input=kerve_manifest.InputSpec.scaled(tile, tile, channels, "unit"),
+        upscaling=kerve_manifest.UpscalingSpec(scale=scale, margin=margin),
+        batching=kerve_manifest.BatchingSpec(**batching),
+        description=f"test model: a tiny {scale}x upscaler",
+    )
+
+
+def publish_upscaler(
+    repository: Path, name: str = "upscaler", model=None, **manifest_options
+) -> Path:
+    """An upscaler (by default the exact nearest-neighbour one) as ``name``'s next version."""
+    manifest = upscaling_manifest(**manifest_options)
+    if model is None:
+        model = build_nearest_upscaler(manifest.upscaling.scale, manifest.input.channels)
+    return export.publish(model, manifest, repository, name)
+
+
 GENERATOR_LABELS = ["circle", "square", "cross", "ring"]
 GENERATOR_SIZE = 12
 LATENT_DIM = 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -13,10 +14,11 @@ import httpx
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 import kerve_manifest
 from bench.server import free_port
-from tests.helpers import encode, solid, wait_until
+from tests.helpers import build_nearest_upscaler, encode, solid, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fewer of TensorFlow's C++ lines in the server log (`kerve publish` holds them back itself).
@@ -168,6 +170,53 @@ def test_a_tensor_model_publishes_with_no_options_and_is_listed(server, tmp_path
         {"name": "second", "shape": [1, 3], "datatype": "FP32", "data": [5, 6, 7]},
     ]})  # fmt: skip
     assert response.status_code == 200, response.text
+
+
+def test_an_upscaler_publishes_with_its_measured_scale_and_is_served(server, tmp_path):
+    url, models_dir = server
+    path = tmp_path / "sr.keras"
+    build_nearest_upscaler(3).save(path)  # any input size: tiled at 128 pixels
+    done = kerve("publish", path, "--name", "sr", "--task", "upscaling", "--margin", "4",
+                 "--models-dir", models_dir)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    manifest = kerve_manifest.read_manifest(models_dir / "sr" / "1")
+    assert (manifest.upscaling.scale, manifest.upscaling.margin) == (3, 4)
+    assert (manifest.input.height, manifest.input.width, manifest.input.std) == (128, 128, [255.0])
+
+    def available() -> bool:
+        response = get(f"{url}/v1/models/sr")
+        ok = response is not None and response.status_code == 200
+        return ok and [v["state"] for v in response.json()["versions"]] == ["AVAILABLE"]
+
+    wait_until(available, timeout_s=60, interval_s=0.2)
+    image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    response = httpx.post(
+        f"{url}/v1/models/sr/upscale",
+        content=encode(image, "PNG"),
+        headers={"Content-Type": "image/png", "Accept": "image/png"},
+    )
+    assert response.status_code == 200, response.text
+    upscaled = np.asarray(Image.open(io.BytesIO(response.content)))
+    assert np.array_equal(upscaled, np.repeat(np.repeat(image, 3, axis=0), 3, axis=1))
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        (["--task", "upscaling", "--scale", "2"], "with scale 2 they must come out (256, 256, 3)"),
+        (["--task", "upscaling", "--margin", "64"], "no centre left inside margins of 64 px"),
+        (["--task", "tensor", "--scale", "2"], "--scale is for an upscaling model"),
+        (["--task", "tensor", "--margin", "4"], "--margin is for a tiled task"),
+    ],
+)
+def test_upscaling_options_are_checked_in_one_line(options, reason, tmp_path):
+    path = tmp_path / "sr.keras"
+    build_nearest_upscaler(3).save(path)
+    models_dir = tmp_path / "models"
+    done = kerve("publish", path, "--name", "sr", *options, "--models-dir", models_dir)
+    assert done.returncode == 2 and reason in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert not models_dir.exists()
 
 
 def test_models_lists_a_broken_version_as_invalid_with_its_reason(tmp_path):

@@ -12,6 +12,7 @@ from kerve_manifest import (
     DenoisingManifest,
     GenerationManifest,
     InputSpec,
+    UpscalingManifest,
 )
 
 
@@ -102,6 +103,40 @@ def test_denoising_section_only_for_denoising_and_margins_leave_a_centre():
         DenoisingManifest(input=tile, denoising=kerve_manifest.DenoisingSpec(margin=32))
     with pytest.raises(pydantic.ValidationError, match="sigma_range"):
         kerve_manifest.DenoisingSpec(sigma_range=(30, 10))
+
+
+def test_upscaling_manifest_round_trips_its_scale_and_margin(tmp_path):
+    spec = kerve_manifest.UpscalingSpec(scale=4, margin=6)
+    manifest = UpscalingManifest(input=InputSpec.scaled(48, 64), upscaling=spec)
+    kerve_manifest.write_manifest(tmp_path, manifest)
+    read = kerve_manifest.read_manifest(tmp_path)
+    assert isinstance(read, UpscalingManifest) and read == manifest
+    assert (read.upscaling.scale, read.upscaling.margin, read.input.height) == (4, 6, 48)
+    assert kerve_manifest.UpscalingSpec(scale=2).margin == 8  # input pixels, by default
+
+
+def test_upscaling_needs_a_scale_of_2_to_8_and_margins_that_leave_a_centre():
+    tile = InputSpec.scaled(32, 64)
+    with pytest.raises(pydantic.ValidationError, match="upscaling"):
+        UpscalingManifest(input=tile)
+    with pytest.raises(pydantic.ValidationError, match="scale"):
+        kerve_manifest.UpscalingSpec(margin=4)  # no default scale
+    for scale in (0, 1, 9):
+        with pytest.raises(pydantic.ValidationError, match="scale"):
+            kerve_manifest.UpscalingSpec(scale=scale)
+    with pytest.raises(pydantic.ValidationError, match="margin"):
+        kerve_manifest.UpscalingSpec(scale=2, margin=-1)
+    with pytest.raises(pydantic.ValidationError, match="no centre"):
+        UpscalingManifest(input=tile, upscaling=kerve_manifest.UpscalingSpec(scale=2, margin=16))
+    UpscalingManifest(input=tile, upscaling=kerve_manifest.UpscalingSpec(scale=2, margin=15))
+    with pytest.raises(pydantic.ValidationError, match="Extra inputs"):
+        kerve_manifest.UpscalingSpec(scale=2, factor=2)
+    with pytest.raises(pydantic.ValidationError, match="Extra inputs"):
+        DenoisingManifest(
+            input=tile,
+            denoising=kerve_manifest.DenoisingSpec(),
+            upscaling=kerve_manifest.UpscalingSpec(scale=2),
+        )
 
 
 def generation(**fields) -> GenerationManifest:

@@ -76,6 +76,9 @@ class VersionInfo(pydantic.BaseModel):
     generation: dict[str, Any] | None = pydantic.Field(
         default=None, description="A generator's latent space (latent_dim)."
     )
+    upscaling: dict[str, Any] | None = pydantic.Field(
+        default=None, description="An upscaler's scale and tile margin, known before asking."
+    )
     endpoints: dict[str, str] | None = pydantic.Field(
         default=None,
         description="The paths that serve this version: its task route (`task`), the Open "
@@ -134,6 +137,8 @@ def _version_info(request: fastapi.Request, entry: ModelVersion, detailed: bool)
             info.engine = EngineInfo(**{**report, "trials": report["trials"] if detailed else None})
         if hasattr(manifest, "generation"):
             info.generation = manifest.generation.model_dump()
+        if hasattr(manifest, "upscaling"):
+            info.upscaling = manifest.upscaling.model_dump()
         if hasattr(manifest, "labels") and (detailed or runtime.task == "generation"):
             info.labels = manifest.labels
         if detailed:

@@ -13,6 +13,7 @@ from service.runtimes.denoising import DenoisingRuntime
 from service.runtimes.generation import GenerationRuntime
 from service.runtimes.segmentation import SegmentationRuntime
 from service.runtimes.tensor import TensorRuntime
+from service.runtimes.upscaling import UpscalingRuntime
 
 RUNTIMES: dict[str, type[Runtime]] = {
     runtime.task: runtime
@@ -21,6 +22,7 @@ RUNTIMES: dict[str, type[Runtime]] = {
         SegmentationRuntime,
         CaptioningRuntime,
         DenoisingRuntime,
+        UpscalingRuntime,
         GenerationRuntime,
         TensorRuntime,
     )

@@ -3,16 +3,15 @@
 The model is fully convolutional: (batch, h, w, channels) in, the same shape out,
 both scaled as ``manifest.input`` says. It runs on fixed tiles of ``input.height x
 input.width`` whose outer ``denoising.margin`` pixels are context only
-(service/tiling.py), so a request is as many samples as its image has tiles and
-the tiles of concurrent requests share batches. With ``denoising.sigma_input`` the
-model takes a second input, a noise map holding sigma / 255 at every pixel; a
-sample is then a structured row (tile, sigma), so that requests with different
-sigmas share a batch too.
+(service/runtimes/tiled.py, which upscaling shares), so a request is as many
+samples as its image has tiles and the tiles of concurrent requests share batches.
+With ``denoising.sigma_input`` the model takes a second input, a noise map holding
+sigma / 255 at every pixel; a sample is then a structured row (tile, sigma), so
+that requests with different sigmas share a batch too.
 
-Colour: grayscale uploads (L, LA, 16-bit, I, F) come back as L, every other mode
-as RGB, with transparent pixels composited on white (imaging.to_mode). A 3-channel
-model sees a gray image as three equal channels and returns their mean; a
-1-channel model denoises a colour image as three gray planes.
+Colour, as for every tiled task: grayscale uploads come back as L, every other
+mode as RGB; a 3-channel model sees a gray image as three equal channels and
+returns their mean; a 1-channel model denoises a colour image as three gray planes.
 
 Memory: samples are uint8 tiles, (tile / centre)² times the decoded image's bytes
 (1.8x for 128-pixel tiles with 16-pixel margins); only one batch at a time is
@@ -31,14 +30,12 @@ from typing import Literal
 
 import numpy as np
 import pydantic
-from PIL import Image
 
-from service import imaging, tiling
-from service.errors import BadRequest, PayloadTooLarge
-from service.runtimes.base import Agreement, PngBody, PngImage, Prepared, Runtime
+from service.errors import BadRequest
+from service.runtimes.base import PngBody, PngImage, Prepared
+from service.runtimes.tiled import Tiled, TiledImageRuntime
 
 MAX_SIGMA = 255.0
-GRAY_MODES = frozenset({"1", "L", "LA", "La", "F", *imaging.SIXTEEN_BIT_MODES})
 MAD_TO_SIGMA = 0.6745  # median absolute deviation of a unit Gaussian
 
 
@@ -59,12 +56,10 @@ class DenoiseRequest:
 
 
 @dataclasses.dataclass(frozen=True)
-class Tiled:
+class DenoisedTiles(Tiled):
     """What postprocess needs: where the tiles lie, the output mode, the sigma used."""
 
-    grid: tiling.TileGrid
-    mode: Literal["RGB", "L"]
-    sigma: float | None
+    sigma: float | None = None
 
 
 class DenoiseResponse(pydantic.BaseModel):
@@ -85,29 +80,33 @@ class DenoiseResponse(pydantic.BaseModel):
         return PngBody(self.image.png)
 
 
-class DenoisingRuntime(Runtime):
+class DenoisingRuntime(TiledImageRuntime):
     task = "denoising"
     verb = "denoise"
     summary = "Denoise an image of any size: the clean image, as a PNG of the same size."
     Params = DenoiseParams
-    body = "image"
     Response = DenoiseResponse
 
     def __init__(self, name, version, model, manifest, *args, **kwargs) -> None:
         super().__init__(name, version, model, manifest, *args, **kwargs)
         self.spec = manifest.denoising
-        self.mean = np.asarray(manifest.input.mean, np.float32)
-        self.std = np.asarray(manifest.input.std, np.float32)
         self.sample_dtype = (
             np.dtype([("tile", np.uint8, self.sample_shape), ("sigma", np.float32)])
             if self.spec.sigma_input
             else None
         )
 
+    @classmethod
+    def tiling_of(cls, manifest) -> tuple[int, int]:
+        return manifest.denoising.margin, 1
+
     def blank_samples(self, size: int) -> np.ndarray:
         if self.sample_dtype is not None:
             return np.zeros(size, self.sample_dtype)
-        return np.zeros((size, *self.sample_shape), np.uint8)
+        return super().blank_samples(size)
+
+    def tiles(self, samples: np.ndarray) -> np.ndarray:
+        return samples if self.sample_dtype is None else samples["tile"]
 
     @classmethod
     def make_request(cls, params: DenoiseParams, images: list[bytes]) -> DenoiseRequest:
@@ -137,12 +136,6 @@ class DenoisingRuntime(Runtime):
                 "a denoiser's output must have its input's shape"
             )
 
-    def agreement(self, reference, candidate, tolerance: float) -> Agreement:
-        """Denoised pixels within 50 dB PSNR of Keras's (a mean square error of 0.65 levels)."""
-        error = float(np.mean((reference.astype(np.float64) - candidate) ** 2))
-        psnr = 10 * np.log10(255**2 / error) if error else float("inf")
-        return Agreement(error <= 0.65 * tolerance, f"{psnr:.1f} dB PSNR against Keras's output")
-
     def given_sigma(self, sigma: float | None) -> float | None:
         if sigma is None:
             return None
@@ -157,59 +150,27 @@ class DenoisingRuntime(Runtime):
 
     def preprocess(self, request: DenoiseRequest) -> Prepared:
         sigma = self.given_sigma(request.sigma)
-        image = imaging.decode_image(request.image, self.max_image_pixels)
-        mode = "L" if image.mode in GRAY_MODES else "RGB"
-        pixels = np.asarray(imaging.to_mode(image, 1 if mode == "L" else 3))
+        pixels, mode = self.read_image(request.image)
         if self.spec.sigma_input and sigma is None:
             low, high = self.spec.sigma_range
             sigma = float(np.clip(estimate_sigma(pixels), low, high))
-        planes = _planes(pixels, self.manifest.input.channels)
-        grid = self.tile_grid(planes)
-        samples = self.blank_samples(grid.num_tiles)
-        tiling.cut_tiles(planes, grid, self._tiles(samples))
+        samples, grid = self.cut(pixels)
         if sigma is not None:
             samples["sigma"] = sigma
-        return Prepared(samples, Tiled(grid, mode, sigma))
+        return Prepared(samples, DenoisedTiles(grid, mode, sigma))
 
-    def tile_grid(self, planes: np.ndarray) -> tiling.TileGrid:
-        """The tiles ``planes`` are cut into (413 if more than the model's queue holds)."""
-        spec = self.manifest.input
-        num_planes, height, width = planes.shape[:3]
-        grid = tiling.TileGrid(height, width, num_planes, spec.height, spec.width, self.spec.margin)
-        if grid.num_tiles > self.batching.max_queue:
-            raise PayloadTooLarge(
-                f"a {width}x{height} image is {grid.num_tiles} tiles for model {self.name!r}, "
-                f"which queues at most {self.batching.max_queue}"
-            )
-        return grid
-
-    def _tiles(self, samples: np.ndarray) -> np.ndarray:
-        return samples if self.sample_dtype is None else samples["tile"]
-
-    def predict_batch(self, samples: np.ndarray) -> np.ndarray:
-        """The denoised centres of a batch of tiles, as uint8 pixels."""
-        pixels = self._tiles(samples).astype(np.float32)
-        pixels -= self.mean
-        pixels /= self.std
-        inputs = pixels
-        if self.sample_dtype is not None:
-            noise_map = np.empty((*pixels.shape[:3], 1), np.float32)
-            noise_map[...] = samples["sigma"][:, None, None, None] / MAX_SIGMA
-            inputs = [pixels, noise_map]
-        denoised = np.asarray(self.engine.predict(inputs))
-        margin = self.spec.margin
-        centres = denoised[:, margin : pixels.shape[1] - margin, margin : pixels.shape[2] - margin]
-        levels = centres * self.std
-        levels += self.mean
-        return np.clip(np.rint(levels, out=levels), 0, 255, out=levels).astype(np.uint8)
+    def model_inputs(self, pixels: np.ndarray, samples: np.ndarray):
+        """The tiles, and a noise map of sigma / 255 for a model that takes one."""
+        if self.sample_dtype is None:
+            return pixels
+        noise_map = np.empty((*pixels.shape[:3], 1), np.float32)
+        noise_map[...] = samples["sigma"][:, None, None, None] / MAX_SIGMA
+        return [pixels, noise_map]
 
     def postprocess(
-        self, outputs: np.ndarray, request: DenoiseRequest, tiled: Tiled
+        self, outputs: np.ndarray, request: DenoiseRequest, tiled: DenoisedTiles
     ) -> DenoiseResponse:
-        if tiled.mode == "L" and outputs.shape[-1] == 3:
-            # The rounded mean of the three channels: exact for equal ones.
-            outputs = ((outputs.sum(axis=-1, dtype=np.uint16) + 1) // 3).astype(np.uint8)[..., None]
-        image = _as_image(tiling.stitch_tiles(outputs, tiled.grid), tiled.mode)
+        image = self.stitch(outputs, tiled)
         return DenoiseResponse(
             model=self.name,
             version=self.version,
@@ -236,17 +197,3 @@ def estimate_sigma(pixels: np.ndarray) -> float:
         return 0.0
     a, b, c, d = (even[row::2, col::2].astype(np.int16) for row in (0, 1) for col in (0, 1))
     return float(np.median(np.abs(a - b - c + d))) / 2 / MAD_TO_SIGMA
-
-
-def _as_image(pixels: np.ndarray, mode: str) -> Image.Image:
-    """(height, width, 1 or 3) uint8 as an L or RGB image (an RGB one is Pillow's own copy)."""
-    return Image.fromarray(pixels[:, :, 0] if mode == "L" else pixels, mode)
-
-
-def _planes(pixels: np.ndarray, channels: int) -> np.ndarray:
-    """The images to tile, (planes, height, width, 1 or 3), views of ``pixels``."""
-    if pixels.ndim == 2:
-        return pixels[np.newaxis, :, :, np.newaxis]
-    if channels == 1:  # colour through a gray model: each channel is a plane
-        return pixels.transpose(2, 0, 1)[:, :, :, np.newaxis]
-    return pixels[np.newaxis]

@@ -7,6 +7,7 @@ const TASK_NAMES = {
   segmentation: "Segmentation",
   captioning: "Captioning",
   denoising: "Denoising",
+  upscaling: "Upscaling",
   generation: "Generation",
 };
 const RENDERERS = {
@@ -14,6 +15,7 @@ const RENDERERS = {
   segmentation: showSegmentation,
   captioning: showCaptioning,
   denoising: showDenoising,
+  upscaling: showUpscaling,
   generation: showGeneration,
 };
 
@@ -176,6 +178,22 @@ async function addNoise(sigma = 25) {
   setImage(blob, state.image.name.replace(/(\.[^.]*)?$/, "-noisy.png"));
 }
 
+// Half the width and height, drawn in a canvas: a small image to upscale, and the
+// one before to compare the answer with. The result is a PNG.
+async function shrink() {
+  const source = $("#input-image");
+  if (!state.image) return showError("Choose an image first.");
+  await source.decode();
+  const canvas = element("canvas");
+  canvas.width = Math.max(1, Math.round(source.naturalWidth / 2));
+  canvas.height = Math.max(1, Math.round(source.naturalHeight / 2));
+  const context = canvas.getContext("2d");
+  context.imageSmoothingQuality = "high";
+  context.drawImage(source, 0, 0, canvas.width, canvas.height);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  setImage(blob, state.image.name.replace(/(\.[^.]*)?$/, "-half.png"));
+}
+
 function gaussian() {
   // Box-Muller: a standard normal value from two uniform ones.
   const u = 1 - Math.random();
@@ -275,8 +293,8 @@ function showMeta(request, status, elapsed, answerer) {
   );
 }
 
-function figure(image, caption) {
-  return element("figure", {}, image, element("figcaption", {}, caption));
+function figure(image, ...caption) {
+  return element("figure", {}, image, element("figcaption", {}, ...caption));
 }
 
 function showClassification(body) {
@@ -363,6 +381,25 @@ function showDenoising(body) {
   );
 }
 
+// The image sent and the answer, shown at the same width: the sent one's pixels as blocks.
+function showUpscaling(body) {
+  const source = $("#input-image");
+  const sent = element("img", { class: "low-res", src: source.src, alt: "sent" });
+  const upscaled = element("img", { class: "upscaled", src: pngUrl(body.image), alt: "upscaled" });
+  $("#result").replaceChildren(
+    element(
+      "div",
+      { class: "pair" },
+      figure(sent, `sent ${source.naturalWidth}×${source.naturalHeight}`),
+      figure(
+        upscaled,
+        element("span", { class: "output-size" }, `upscaled ${body.scale}× to ${body.width}×${body.height}`),
+        ` ${body.mode}, ${body.tiles} tiles`,
+      ),
+    ),
+  );
+}
+
 function showGeneration(body) {
   const images = body.images.map((image) =>
     element("img", { src: pngUrl(image), alt: `${body.label}, seed ${image.seed}`, title: `seed ${image.seed}` }),
@@ -389,6 +426,7 @@ function start() {
     button.addEventListener("click", () => loadSample(button.dataset.sample));
   }
   $("#add-noise").addEventListener("click", () => addNoise(25));
+  $("#shrink").addEventListener("click", shrink);
   $("#opacity").addEventListener("input", () => {
     const mask = $("#result img.mask");
     if (mask) mask.style.opacity = $("#opacity").value;

@@ -23,6 +23,7 @@ from tests.helpers import (
     publish_colour_segmenter,
     publish_denoiser,
     publish_generator,
+    publish_upscaler,
 )
 
 # What runs without the peers' venvs, on the engines every install has.
@@ -46,6 +47,7 @@ def models(tmp_path_factory) -> Path:
     publish_captioner(root)
     publish_denoiser(root)
     publish_generator(root)
+    publish_upscaler(root)
     return root
 
 

@@ -6,12 +6,16 @@ that zoo, runs there (deploy/build-image.sh)."""
 
 from __future__ import annotations
 
+import base64
+import importlib.util
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from bench.server import free_port
@@ -98,3 +102,36 @@ def test_a_wrong_answer_or_a_model_without_a_case_fails(tmp_path):
     assert failed[0].startswith("FAIL /v1/models/colours/classify: 0 (at least 1.0)")
     assert failed[1].startswith("FAIL regions (segmentation): no smoke case")
     assert result.stdout.rstrip().endswith("2 failed")
+
+
+def test_upscaling_is_scored_over_bicubic_and_a_wrong_size_fails(tmp_path):
+    """check_upscaling on its own, with a stand-in server that answers a given image."""
+    spec = importlib.util.spec_from_file_location("smoke", ROOT / "deploy" / "smoke.py")
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    yy, xx = np.mgrid[0:64, 0:48]
+    original = np.stack([xx * 5, yy * 4, 128 + 100 * np.sin(xx / 5) * np.cos(yy / 4)], -1)
+    original = Image.fromarray(original.astype(np.uint8))
+    small = original.resize((24, 32), Image.Resampling.BICUBIC)
+    original.save(tmp_path / "original.png")
+    small.save(tmp_path / "small.png")
+    model = {"cases": [{"file": "small.png", "original": "original.png"}]}
+
+    class Answering:
+        def __init__(self, image: Image.Image) -> None:
+            self.image = image
+
+        def post_image(self, route: str, body: bytes) -> dict:
+            assert body == (tmp_path / "small.png").read_bytes()
+            buffer = io.BytesIO()
+            self.image.save(buffer, "PNG")
+            return {"image": {"b64": base64.b64encode(buffer.getvalue()).decode()}}
+
+    def score(answer: Image.Image) -> float:
+        return smoke.check_upscaling(Answering(answer), "/v1/upscale", model, tmp_path)[0]
+
+    assert score(small.resize((48, 64), Image.Resampling.BICUBIC)) == 0.0
+    assert score(original) > 50  # exact: PSNR capped at 168 dB
+    assert score(small.resize((48, 64), Image.Resampling.NEAREST)) < 0
+    with pytest.raises(AssertionError, match="came back 46x64, not 48x64"):
+        score(original.crop((0, 0, 46, 64)))

@@ -31,11 +31,14 @@ from tests.helpers import (
     publish_colour_segmenter,
     publish_denoiser,
     publish_generator,
+    publish_upscaler,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-ENDPOINTS = ["/v1/classify", "/v1/segment", "/v1/caption", "/v1/denoise", "/v1/generate"]
-SMALL_SIZES = {"KERVE_LOADTEST_SIZES": "40,96", "KERVE_LOADTEST_DENOISE_SIZES": "48"}
+ENDPOINTS = ["/v1/classify", "/v1/segment", "/v1/caption", "/v1/denoise", "/v1/upscale",
+             "/v1/generate"]  # fmt: skip
+SMALL_SIZES = {"KERVE_LOADTEST_SIZES": "40,96", "KERVE_LOADTEST_DENOISE_SIZES": "48",
+               "KERVE_LOADTEST_UPSCALE_SIZES": "24,40"}  # fmt: skip
 
 
 def wordy_captioner():
@@ -51,7 +54,7 @@ def wordy_captioner():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """A real ``python -m service`` serving a tiny model for each of the five tasks."""
+    """A real ``python -m service`` serving a tiny model for each of the six tasks."""
     root = tmp_path_factory.mktemp("loadtest")
     models = root / "models"
     publish_colour_classifier(models)
@@ -59,6 +62,7 @@ def server(tmp_path_factory):
     publish_captioner(models, model=wordy_captioner())
     publish_denoiser(models)
     publish_generator(models)
+    publish_upscaler(models, scale=3)
     with running_service(models, root / "server.log") as (base_url, _process):
         yield base_url
 
@@ -80,7 +84,8 @@ def run_locust(base_url: str, out: Path, *arguments: str, env: dict | None = Non
 
 
 def test_every_user_gets_right_answers_from_a_real_server(server, tmp_path):
-    process, stats, failures = run_locust(server, tmp_path, "-u", "6", "-r", "6", "-t", "8s")
+    # One user per user class, Mixed included.
+    process, stats, failures = run_locust(server, tmp_path, "-u", "7", "-r", "7", "-t", "8s")
     assert process.returncode == 0, process.stderr[-3000:]
     assert failures == []
     for endpoint in ENDPOINTS:
@@ -179,6 +184,17 @@ def test_denoise_check_fails_an_image_of_another_size():
     )
     assert checks.check_denoise({**good, "tiles": 0}, 64, 48) == "no tiles"
     assert checks.check_denoise({**good, "image": None}, 64, 48) == "no image"
+
+
+def test_upscale_check_fails_an_image_not_scale_times_larger():
+    good = {"width": 96, "height": 72, "scale": 3, "tiles": 4, "image": png_b64(96, 72)}
+    assert checks.check_upscale(good, 32, 24) is None
+    assert checks.check_upscale(good, 32, 25) == "not a 96x75 image (3x 32x25)"
+    assert checks.check_upscale({**good, "image": png_b64(96, 70)}, 32, 24) == (
+        "image is 96x70, not 96x72"
+    )
+    assert checks.check_upscale({**good, "scale": 1}, 32, 24) == "no scale"
+    assert checks.check_upscale({**good, "tiles": 0}, 32, 24) == "no tiles"
 
 
 def test_generate_check_fails_a_wrong_count_or_label():

@@ -25,12 +25,13 @@ from tests.helpers import (
     publish_colour_segmenter,
     publish_denoiser,
     publish_generator,
+    publish_upscaler,
     solid,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-MODELS = ("colours", "regions", "captioner", "denoiser", "generator")
+MODELS = ("colours", "regions", "captioner", "denoiser", "upscaler", "generator")
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
@@ -46,6 +47,7 @@ def url(tmp_path_factory):
     publish_captioner(root, "captioner")
     publish_denoiser(root, "denoiser", model=build_conv_denoiser())
     publish_generator(root, "generator")
+    publish_upscaler(root, "upscaler", scale=3)
     (root / "upcoming").mkdir()  # announced by the demo zoo, not yet published
     (root / "upcoming" / kerve_manifest.PENDING_FILE).write_text('{"reason": "training, 40%"}')
     with live_server(make_settings(root, poll_interval_s=0)) as address:
@@ -191,6 +193,22 @@ def test_denoising_shows_the_noisy_input_beside_the_denoised(page, screenshots):
     assert natural_size(page, denoised) == natural_size(page, noisy) == (384, 256)
     assert_meta(page, "denoiser")
     page.save_screenshot(str(screenshots / "denoise.png"))
+
+
+def test_upscaling_shows_the_sent_image_beside_the_upscaled(page, screenshots):
+    choose_model(page, "upscaler")
+    page.find_element(By.CSS_SELECTOR, 'button.sample[data-sample="coffee"]').click()
+    wait(page).until(lambda d: d.find_element(By.ID, "run").is_enabled())
+    page.find_element(By.ID, "shrink").click()
+    wait(page).until(lambda d: "half" in d.find_element(By.ID, "input-note").text)
+    upscaled = run_and_wait(page, "#result img.upscaled")
+    sent = page.find_element(By.CSS_SELECTOR, "#result img.low-res")
+    assert natural_size(page, sent) == (192, 128)
+    assert natural_size(page, upscaled) == (576, 384)
+    size = page.find_element(By.CSS_SELECTOR, "#result .output-size").text
+    assert size == "upscaled 3× to 576×384"
+    assert_meta(page, "upscaler")
+    page.save_screenshot(str(screenshots / "upscale.png"))
 
 
 def test_generation_draws_a_grid_of_the_count_asked(page, screenshots):
