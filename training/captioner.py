@@ -2,6 +2,8 @@
 
     python -m training.captioner --backbone efficientnet_lite0 --weights imagenet|none|PATH \\
         --decoder lstm|gru --image-size 96 --train-scenes N --out models/captioner
+    python -m training.captioner --data DIR [--captions FILE] [--vocab-size N] \\
+        [--min-count N] ...
 
 "Show and Tell" (Vinyals et al. 2015) with the image fed at every step: the
 pretrained encoder's last feature map is projected, flattened (so the decoder
@@ -11,7 +13,11 @@ embedding. Training uses teacher forcing and a cross-entropy masked past each
 caption's end, on batches of captions of similar length.
 While the backbone is frozen its features are computed once and cached, so the
 decoder's epochs cost seconds; phase 2 (optional) fine-tunes the top of the
-backbone on the images themselves. Captions come from training/data/captions.py.
+backbone on the images themselves. Captions come from training/data/captions.py
+(the built-in scenes), or with ``--data DIR`` from the user's images and captions
+(captions.csv, Flickr8k's token file or a COCO captions JSON: see
+training/data/caption_sets.py), normalised, split by image and checked before training.
+The vocabulary is built from the training captions only.
 
 The published version is one ``model.keras`` holding two models the service
 drives: ``encoder`` (image -> [image vector, *initial states]) and ``decoder``
@@ -36,7 +42,8 @@ import tensorflow as tf  # noqa: E402
 
 import kerve_manifest  # noqa: E402
 from training import backbones, evaluate, export, finetune, pipeline, plots  # noqa: E402
-from training.data import captions, scenes  # noqa: E402
+from training.data import caption_sets, captions, scenes  # noqa: E402
+from training.data.image_files import DataError  # noqa: E402
 
 PROJECTION_FILTERS = 64  # the backbone's feature map, squeezed before flattening
 DECODERS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
@@ -48,8 +55,8 @@ FEATURE_BATCH = 128
 @dataclasses.dataclass(frozen=True)
 class CaptionedScenes:
     images: np.ndarray  # uint8 [n, size, size, 3]
-    references: list[list[str]]  # 3-5 captions per scene
-    facts: list[captions.Facts]
+    references: list[list[str]]  # 3-5 captions per scene; a user's images: all of theirs
+    facts: list[captions.Facts] | None  # what a scene's caption must say; None for user data
 
 
 def make_scenes(split: str, count: int, image_size: int, seed: int) -> CaptionedScenes:
@@ -63,6 +70,27 @@ def make_scenes(split: str, count: int, image_size: int, seed: int) -> Captioned
         references.append(captions.describe(scene, rng))
         scene_facts.append(captions.facts(scene))
     return CaptionedScenes(images, references, scene_facts)
+
+
+def load_user_data(args: argparse.Namespace):
+    """({split: CaptionedScenes} of the images and captions in ``args.data``, the set)."""
+    dataset = caption_sets.load(args.data, args.captions, args.seed)
+    names = [name for split in dataset.splits.values() for name in split]
+    images = caption_sets.read_images(dataset, names, args.image_size)  # all checked at once
+    data, first = {}, 0
+    for split, part in dataset.splits.items():
+        data[split] = CaptionedScenes(
+            images[first : first + len(part)], dataset.references(split), None
+        )
+        first += len(part)
+    return data, dataset
+
+
+def unknown_rate(references: list[list[str]], text: kerve_manifest.TextSpec) -> float:
+    """The share of words the vocabulary maps to <unk>."""
+    known = set(text.vocabulary)
+    words = [word for refs in references for caption in refs for word in caption.split()]
+    return sum(word not in known for word in words) / max(len(words), 1)
 
 
 def encode_captions(
@@ -212,9 +240,12 @@ def greedy_captions(
 
 
 def caption_report(hypotheses: list[str], data: CaptionedScenes) -> dict:
-    """BLEU-1..4 against every reference, and how often the caption's facts are exact."""
+    """BLEU-1..4 against every reference, and (for scenes) how often the caption's facts
+    are exact."""
     report = evaluate.bleu_scores([[r.split() for r in refs] for refs in data.references],
                                   [h.split() for h in hypotheses])  # fmt: skip
+    if data.facts is None:
+        return report
     items = [
         captions.item_counts(h) == dict(f.counts)
         for h, f in zip(hypotheses, data.facts, strict=True)
@@ -235,17 +266,31 @@ def main(argv: list[str] | None = None) -> Path:
     keras.utils.set_random_seed(args.seed)
     started = time.perf_counter()
     spec = backbones.BACKBONES[args.backbone]
-    counts = {"train": args.train_scenes, "val": args.val_scenes, "test": args.test_scenes}
-    data = {split: make_scenes(split, n, args.image_size, args.seed) for split, n in counts.items()}
+    user_set = None
+    if args.data is None:
+        counts = {"train": args.train_scenes, "val": args.val_scenes, "test": args.test_scenes}
+        data = {
+            split: make_scenes(split, n, args.image_size, args.seed) for split, n in counts.items()
+        }
+    else:
+        data, user_set = load_user_data(args)
+        counts = {split: len(part.images) for split, part in data.items()}
     text = kerve_manifest.TextSpec(
-        vocabulary=captions.vocabulary([r for refs in data["train"].references for r in refs]),
+        vocabulary=caption_sets.build_vocabulary(
+            [r for refs in data["train"].references for r in refs], args.vocab_size, args.min_count
+        ),
         max_length=args.max_length,
     )
+    source = "scenes" if user_set is None else f"{user_set.directory} ({user_set.format})"
     print(
-        f"scenes {args.image_size}px: "
+        f"{source} at {args.image_size}px: "
         + ", ".join(f"{k} {len(v.images)}" for k, v in data.items())
-        + f"; vocabulary {len(text.vocabulary)} tokens ({time.perf_counter() - started:.0f} s)"
+        + f"; vocabulary {len(text.vocabulary)} tokens, "
+        f"{unknown_rate(data['val'].references, text):.1%} of validation words unknown "
+        f"({time.perf_counter() - started:.0f} s)"
     )
+    if user_set is not None:
+        print(f"split: {user_set.split_source}")
     pairs = {split: caption_pairs(data[split], text) for split in ("train", "val")}
     backbone = backbones.build_backbone(args.backbone, args.image_size, args.weights)
     models = build_models(backbone, len(text.vocabulary), args, args.weights != "none")
@@ -302,13 +347,12 @@ def main(argv: list[str] | None = None) -> Path:
         ),
         text=text,
         batching=kerve_manifest.BatchingSpec(max_batch_size=16),
-        description="describes Fashion-MNIST clothing items on photo backgrounds (synthetic "
-        "Kerve scenes), not your photos; "
-        f"{args.decoder.upper()} captioner on {args.backbone} ({args.weights})",
+        description=describe(user_set)
+        + f"; {args.decoder.upper()} captioner on {args.backbone} ({args.weights})",
         metrics={
             **{f"test_{key}": value for key, value in report.items()},
             "val_bleu_4": val_report["bleu_4"],
-            "test_scenes": len(hypotheses),
+            ("test_scenes" if user_set is None else "test_images"): len(hypotheses),
             "test_samples": [
                 {"caption": h, "references": refs}
                 for h, refs in zip(
@@ -318,8 +362,7 @@ def main(argv: list[str] | None = None) -> Path:
         },
         provenance={
             "script": "training.captioner",
-            "dataset": "kerve scenes and captions (training/data/scenes.py, captions.py)",
-            "scenes": counts,
+            **data_provenance(user_set, counts, text, data),
             "decoder": args.decoder,
             "units": args.units,
             **finetune.provenance(args, history),
@@ -336,6 +379,35 @@ def main(argv: list[str] | None = None) -> Path:
     return path
 
 
+def describe(user_set) -> str:
+    """What the model knows, in one line a user meets in GET /v1/models and the page."""
+    if user_set is None:
+        return (
+            "describes Fashion-MNIST clothing items on photo backgrounds (synthetic Kerve "
+            "scenes), not your photos"
+        )
+    return f"captions images like those of {user_set.directory}"
+
+
+def data_provenance(user_set, counts: dict[str, int], text, data) -> dict:
+    if user_set is None:
+        return {
+            "dataset": "kerve scenes and captions (training/data/scenes.py, captions.py)",
+            "scenes": counts,
+        }
+    return {
+        "dataset": str(user_set.directory),
+        "format": user_set.format,
+        "captions_file": str(user_set.captions_file),
+        "split": user_set.split_source,
+        "images": counts,
+        "captions": {split: sum(map(len, part.references)) for split, part in data.items()},
+        "normalisation": "NFKC, lower case, punctuation removed (inner - and ' kept)",
+        "vocabulary": "training captions only",
+        "test_unknown_word_rate": round(unknown_rate(data["test"].references, text), 4),
+    }
+
+
 def print_summary(path, report, val_report, hypotheses, test, elapsed) -> None:
     print("\n" + "=" * 72)
     print(f"published      {path}")
@@ -344,10 +416,11 @@ def print_summary(path, report, val_report, hypotheses, test, elapsed) -> None:
         + " ".join(f"{report[f'bleu_{n}']:.3f}" for n in range(1, 5))
         + f"   (validation BLEU-4 {val_report['bleu_4']:.3f})"
     )
-    print(
-        f"fact accuracy  items+counts {report['fact_accuracy']:.3f}   background "
-        f"{report['background_accuracy']:.3f}   both {report['all_facts_accuracy']:.3f}"
-    )
+    if "fact_accuracy" in report:
+        print(
+            f"fact accuracy  items+counts {report['fact_accuracy']:.3f}   background "
+            f"{report['background_accuracy']:.3f}   both {report['all_facts_accuracy']:.3f}"
+        )
     for hypothesis, references in list(zip(hypotheses, test.references, strict=True))[:3]:
         print(f"  {hypothesis!r}  (reference {references[0]!r})")
     print(f"took           {elapsed / 60:.1f} min; curves and sample captions beside the model")
@@ -356,6 +429,18 @@ def print_summary(path, report, val_report, hypotheses, test, elapsed) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data", type=Path, help="a folder of your images and captions (default: scenes)"
+    )
+    parser.add_argument(
+        "--captions", type=Path, help="the captions file in --data, when it holds several"
+    )
+    parser.add_argument(
+        "--vocab-size", type=int, help="keep the N most frequent training words (default: all)"
+    )
+    parser.add_argument(
+        "--min-count", type=int, default=1, help="keep words seen this often in training"
+    )
     finetune.add_arguments(parser, sorted(backbones.BACKBONES))
     parser.add_argument("--decoder", choices=sorted(DECODERS), default="lstm")
     parser.add_argument("--image-size", type=int, default=96, help="a multiple of 32")
@@ -364,9 +449,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--context-dim", type=int, default=256, help="the image vector's size")
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--max-length", type=int, default=32, help="words per caption, at most")
-    parser.add_argument("--train-scenes", type=int, default=6000)
-    parser.add_argument("--val-scenes", type=int, default=500)
-    parser.add_argument("--test-scenes", type=int, default=1000)
+    parser.add_argument("--train-scenes", type=int, default=6000, help="built-in scenes only")
+    parser.add_argument("--val-scenes", type=int, default=500, help="built-in scenes only")
+    parser.add_argument("--test-scenes", type=int, default=1000, help="built-in scenes only")
     parser.add_argument(
         "--out",
         type=Path,
@@ -378,4 +463,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as error:  # a broken data set: the problems, not a traceback
+        raise SystemExit(f"error: {error}") from None
