@@ -78,7 +78,7 @@ def load_photos(data: Path | None, seed: int, min_side: int, max_side: int | Non
 
 def shrink(image: np.ndarray, scale: int, method: str = "bicubic") -> tuple[np.ndarray, np.ndarray]:
     """(low-res, high-res): the image cut to a multiple of ``scale``, and it shrunk by
-    ``scale`` with Pillow's antialiased bicubic (MATLAB imresize's kernel)."""
+    ``scale`` with Pillow's antialiased ``method`` (bicubic: MATLAB imresize's kernel)."""
     height, width = (side - side % scale for side in image.shape[:2])
     high = image[:height, :width]
     low = Image.fromarray(high).resize((width // scale, height // scale), RESAMPLE[method])
@@ -133,7 +133,7 @@ def build_model(scale: int, width: int, blocks: int) -> keras.Model:
     x = keras.layers.Conv2D(width, 3, padding="same", name="body_out")(x)
     x = keras.layers.Add(name="global_skip")([x, head])
     # Each high-res pixel of a scale x scale block is its own linear map of the features;
-    # zero at first, so that training starts from bicubic and never does worse.
+    # zero at first, so that training starts from plain bicubic.
     detail = keras.layers.Conv2DTranspose(
         3, scale, strides=scale, kernel_initializer="zeros", name="subpixel"
     )(x)
@@ -183,8 +183,8 @@ def receptive_field(model: keras.Model) -> tuple[float, int]:
             else previous
         )
         previous = [layer.name]
-        radius = max((reach[name][0] for name in inbound), default=0.0)
-        factors = {reach[name][1] for name in inbound} or {1}
+        radius = max((reach[source][0] for source in inbound), default=0.0)
+        factors = {reach[source][1] for source in inbound} or {1}
         if len(factors) > 1:
             raise ValueError(f"layer {layer.name!r} joins tensors of different resolutions")
         (factor,) = factors
@@ -288,8 +288,8 @@ def upscale(
         batch = tiles[start : start + TILE_BATCH]
         filler = np.zeros((TILE_BATCH - len(batch), *batch.shape[1:]), np.float32)
         result = np.asarray(model.predict_on_batch(np.concatenate([batch, filler])))
-        outputs.append(result[: len(batch), margin * scale : (tile - margin) * scale,
-                              margin * scale : (tile - margin) * scale])  # fmt: skip
+        keep = slice(margin * scale, (tile - margin) * scale)  # the centre, in output pixels
+        outputs.append(result[: len(batch), keep, keep])
     centres = np.concatenate(outputs)
     side = centre * scale
     mosaic = centres.reshape(rows, cols, side, side, -1).transpose(0, 2, 1, 3, 4)
@@ -317,8 +317,10 @@ def tiling_check(
     model, image: np.ndarray, scale: int, scaling: Scaling, tile: int, margins: list[int]
 ) -> dict[int, float]:
     """Largest difference (pixel levels, before rounding) between the tiled and the
-    whole-image upscale of ``image``, per margin: 0 up to float error once the margin
-    covers the receptive field."""
+    whole-image upscale of ``image`` (cut to a crop that needs 3x3 tiles), per margin:
+    0 up to float error once the margin covers the receptive field."""
+    side = 2 * (tile - 2 * max(margins)) + 11
+    image = image[:side, :side]
     differences = {}
     for margin in margins:
         whole = upscale_whole(model, image, scale, scaling, margin)
@@ -438,8 +440,9 @@ class ValidationPsnr(keras.callbacks.Callback):
 
 
 # -- main --------------------------------------------------------------------------------
-def load_init(init: str) -> tuple[keras.Model, int, Scaling, dict]:
-    """(model, scale, scaling, source) of a published version or a converted npm model."""
+def load_init(init: str) -> tuple[keras.Model, int, Scaling, int, dict]:
+    """(model, scale, scaling, tile side, source) of a published version or a converted
+    npm model."""
     path = Path(init)
     if path.exists():
         folder = path if path.is_dir() else path.parent
@@ -450,7 +453,8 @@ def load_init(init: str) -> tuple[keras.Model, int, Scaling, dict]:
             raise ValueError(f"{folder} holds a {manifest.task} model, not an upscaler")
         spec = manifest.input
         scaling = Scaling(spec.mean[0], spec.std[0])
-        return model, manifest.upscaling.scale, scaling, {"init": str(path)}
+        tile = spec.height
+        return model, manifest.upscaling.scale, scaling, tile, {"init": str(path)}
     from training import pretrained_upscalers
 
     if init not in pretrained_upscalers.MODELS:
@@ -459,7 +463,8 @@ def load_init(init: str) -> tuple[keras.Model, int, Scaling, dict]:
         )
     model, pretrained = pretrained_upscalers.convert(init)
     mean, std = kerve_manifest.PIXEL_SCALINGS[pretrained.scaling]
-    return model, pretrained.scale, Scaling(mean, std), {"init": init, **pretrained.provenance()}
+    source = {"init": init, **pretrained.provenance()}
+    return model, pretrained.scale, Scaling(mean, std), pretrained.tile, source
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -467,7 +472,8 @@ def main(argv: list[str] | None = None) -> Path:
     keras.utils.set_random_seed(args.seed)
     started = time.perf_counter()
     if args.init:
-        model, scale, scaling, source = load_init(args.init)
+        model, scale, scaling, tile, source = load_init(args.init)
+        args.tile_size = args.tile_size or tile
         if args.scale and args.scale != scale:
             raise ValueError(f"--init upscales x{scale}, not --scale {args.scale}")
         print(f"fine-tuning {args.init} (x{scale}, {model.count_params():,} weights)")
@@ -477,6 +483,7 @@ def main(argv: list[str] | None = None) -> Path:
         source = {"init": None, "channels": args.channels, "blocks": args.blocks}
         print(f"from scratch: x{scale}, {args.blocks} blocks of {args.channels}, "
               f"{model.count_params():,} weights")  # fmt: skip
+    args.tile_size = args.tile_size or DEFAULT_TILE
     radius, model_scale = receptive_field(model)
     if model_scale != scale:
         raise ValueError(f"the network upscales x{model_scale}, its manifest says x{scale}")
@@ -534,10 +541,9 @@ def main(argv: list[str] | None = None) -> Path:
         "margin": margin,
         "receptive_radius": round(radius, 3),
         "max_abs_difference_levels": tiling_check(
-            model, eval_crop(next(iter(test.values())))[:80, :80], scale, scaling,
-            args.tile_size, [margin],
+            model, next(iter(test.values())), scale, scaling, args.tile_size, [margin]
         )[margin],
-    }  # fmt: skip
+    }
     plots.learning_curves(history, work_dir / "learning_curves.png")
     side_by_side(samples, work_dir / "test_samples.png")
     elapsed = time.perf_counter() - started
@@ -637,7 +643,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--learning-rate", type=float, help="Adam's peak rate (default: 1e-3, 1e-4 with --init)"
     )
     parser.add_argument("--patience", type=int, default=4, help="early-stopping patience")
-    parser.add_argument("--tile-size", type=int, default=DEFAULT_TILE, help="low-res tile side")
+    parser.add_argument(
+        "--tile-size", type=int, help="low-res tile side (default: the --init model's, or 128)"
+    )
     parser.add_argument(
         "--margin", type=int, help="context pixels per tile side (default: the receptive radius)"
     )
