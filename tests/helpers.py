@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import os
@@ -426,3 +427,23 @@ def live_server(settings: Settings):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def post_for_image(client, body: bytes, url: str, **params) -> tuple[dict, Image.Image]:
+    """An image task's JSON answer to a PNG body, and the image it carries (200 asserted)."""
+    response = client.post(url, content=body, headers={"Content-Type": "image/png"}, params=params)
+    assert response.status_code == 200, response.text
+    found = response.json()
+    return found, Image.open(io.BytesIO(base64.b64decode(found["image"]["b64"])))
+
+
+def noise_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    shape = (height, width, 3) if mode == "RGB" else (height, width)
+    return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()

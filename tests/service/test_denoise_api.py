@@ -28,6 +28,9 @@ from tests.helpers import (
     encode,
     histogram_sum_count,
     make_settings,
+    noise_image,
+    png,
+    post_for_image,
     publish_colour_classifier,
     publish_denoiser,
     start_client,
@@ -85,22 +88,7 @@ def noisy_photo() -> bytes:
 
 
 def denoise(client, body: bytes, url: str = "/v1/denoise", **params) -> tuple[dict, Image.Image]:
-    response = client.post(url, content=body, headers=PNG, params=params)
-    assert response.status_code == 200, response.text
-    found = response.json()
-    return found, Image.open(io.BytesIO(base64.b64decode(found["image"]["b64"])))
-
-
-def noise_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    shape = (height, width, 3) if mode == "RGB" else (height, width)
-    return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
+    return post_for_image(client, body, url, **params)
 
 
 def tiles_for(width: int, height: int, centre: int = CENTRE) -> int:
