@@ -92,7 +92,7 @@ ZOO = {
          "full": ["--init", "dncnn17-N", "--color", "gray", "--epochs", "0", "--tile-margin",
                   "17"]},
     ),
-    # the same widened to colour and fine-tuned on the photos (training/dncnn.py)
+    # the same made colour (opponent space) and fine-tuned on the photos (training/dncnn.py)
     "denoiser-dncnn-color": (
         "training.denoiser",
         {"fast": ["--init", "dncnn6-N", "--patch-size", "40", "--batch-size", "8", "--epochs", "2",
@@ -130,6 +130,7 @@ TYPICAL_S = {
     "imagenet-classifier": 6, "fashion-classifier": 470, "segmenter": 330,
     "captioner": 200, "denoiser": 155, "generator": 285,
     "upscaler": 290, "upscaler-x4": 55,
+    "denoiser-dncnn": 45, "denoiser-dncnn-color": 220,  # 62 s and 441 s under a load of 5
 }  # fmt: skip
 PROFILE_FACTOR = {"fast": 1.0, "full": 4.0}  # a first guess for full; the scaling corrects it
 PENDING_FILE = kerve_manifest.PENDING_FILE
