@@ -98,8 +98,8 @@ ZOO = {
         {"fast": ["--init", "dncnn6-N", "--patch-size", "40", "--batch-size", "8", "--epochs", "2",
                   "--steps-per-epoch", "100", "--learning-rate", "3e-4", "--tile-margin", "6",
                   "--no-baselines"],
-         "full": ["--init", "dncnn17-N", "--patch-size", "40", "--batch-size", "8", "--epochs",
-                  "4", "--steps-per-epoch", "125", "--learning-rate", "3e-4", "--tile-margin",
+         "full": ["--init", "dncnn17-N", "--patch-size", "48", "--batch-size", "8", "--epochs",
+                  "6", "--steps-per-epoch", "100", "--learning-rate", "3e-4", "--tile-margin",
                   "17"]},
     ),
     # after fashion-classifier: it judges the generator (FID-F, conditional accuracy)
