@@ -95,6 +95,31 @@ def histogram_sum_count(metrics_text: str, name: str, model: str) -> tuple[float
     return value("sum"), value("count")
 
 
+def batch_counts(client, model: str) -> tuple[float, float]:
+    """(samples, model calls) a model's batches have had, from the server's /metrics."""
+    return histogram_sum_count(client.get("/metrics").text, "kerve_batch_size", model)
+
+
+def until_requests_share_a_call(
+    send_together, batch_counts, samples: int, alone: int, tries: int = 10
+) -> None:
+    """Send concurrent requests until they have shared a model call.
+
+    A batch runs at once when no other request is on its way, so concurrent requests
+    share one only if they overlap, which a loaded machine can prevent by starting the
+    client threads late. ``send_together`` sends them and checks every answer (each try
+    must give the same results); ``batch_counts`` reads a model's (samples, calls);
+    one by one the requests would take ``alone`` calls for ``samples``."""
+    for _ in range(tries):
+        samples_before, calls_before = batch_counts()
+        send_together()
+        samples_after, calls_after = batch_counts()
+        assert samples_after - samples_before == samples
+        if calls_after - calls_before < alone:
+            return
+    raise AssertionError(f"the requests never shared a model call in {tries} tries")
+
+
 def make_settings(models_dir: Path, **overrides) -> Settings:
     values = {
         "models_dir": models_dir,
@@ -225,13 +250,18 @@ def build_conv_denoiser(channels: int = 3, layers: int = 3, seed: int = 0) -> ke
     ``layers``), each a box blur per channel with random weights mixed in."""
     rng = np.random.default_rng(seed)
     image = keras.Input((None, None, channels), name="image")
-    outputs = image
+    return keras.Model(image, _blurring_convs(image, channels, layers, rng))
+
+
+def _blurring_convs(x, channels: int, layers: int, rng: np.random.Generator):
+    """``layers`` 3x3 "same" convolutions, each a box blur per channel with random weights
+    mixed in (receptive radius ``layers``)."""
     for _ in range(layers):
         conv = keras.layers.Conv2D(channels, 3, padding="same")
-        outputs = conv(outputs)
+        x = conv(x)
         kernel = np.eye(channels) / 9 + rng.normal(0, 0.03, (3, 3, channels, channels))
         conv.set_weights([kernel.astype(np.float32), rng.normal(0, 0.02, channels).astype("f4")])
-    return keras.Model(image, outputs)
+    return x
 
 
 def build_cropping_denoiser(channels: int = 3) -> keras.Model:
@@ -283,12 +313,7 @@ def build_conv_upscaler(
     a ``scale`` x ``scale`` block of its own (a learned pixel shuffle)."""
     rng = np.random.default_rng(seed)
     image = keras.Input((None, None, channels), name="image")
-    outputs = image
-    for _ in range(layers):
-        conv = keras.layers.Conv2D(channels, 3, padding="same")
-        outputs = conv(outputs)
-        kernel = np.eye(channels) / 9 + rng.normal(0, 0.03, (3, 3, channels, channels))
-        conv.set_weights([kernel.astype(np.float32), rng.normal(0, 0.02, channels).astype("f4")])
+    outputs = _blurring_convs(image, channels, layers, rng)
     shuffle = keras.layers.Conv2DTranspose(channels, scale, strides=scale, name="shuffle")
     outputs = shuffle(outputs)
     kernel = np.eye(channels) + rng.normal(0, 0.1, (scale, scale, channels, channels))
@@ -447,3 +472,15 @@ def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def write_colour_folders(root: Path, per_class: int = 12, size: int = 12) -> Path:
+    """Class folders red/, green/, blue/ (COLOUR_LABELS) of noisy solid-colour PNGs."""
+    rng = np.random.default_rng(5)
+    for index, name in enumerate(COLOUR_LABELS):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (size, size, 3))
+            pixels[..., index] += 180
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
+    return root

@@ -122,11 +122,7 @@ class DenoisingRuntime(TiledImageRuntime):
                 f"the manifest says sigma_input={manifest.denoising.sigma_input}, so the model "
                 f"needs the inputs {wanted}, but it has {len(model.inputs)}"
             )
-        if model.inputs[0].shape[-1] != spec.channels:
-            raise ValueError(
-                f"the model's image input has {model.inputs[0].shape[-1]} channels, "
-                f"the manifest says {spec.channels}"
-            )
+        cls.check_channels(model, spec)
         tile = np.zeros((1, spec.height, spec.width, spec.channels), np.float32)
         feed = [tile, tile[..., :1]] if manifest.denoising.sigma_input else tile
         denoised = np.asarray(model.predict_on_batch(feed))

@@ -55,6 +55,15 @@ class TiledImageRuntime(Runtime):
     def tiling_of(cls, manifest) -> tuple[int, int]:
         """(margin in input pixels, output pixels per input pixel) from a manifest."""
 
+    @staticmethod
+    def check_channels(model, spec) -> None:
+        """At load: the model's image input has the manifest's channels."""
+        if model.inputs[0].shape[-1] != spec.channels:
+            raise ValueError(
+                f"the model's image input has {model.inputs[0].shape[-1]} channels, "
+                f"the manifest says {spec.channels}"
+            )
+
     # -- samples ---------------------------------------------------------------
     def blank_samples(self, size: int) -> np.ndarray:
         return np.zeros((size, *self.sample_shape), np.uint8)

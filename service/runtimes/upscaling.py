@@ -82,11 +82,7 @@ class UpscalingRuntime(TiledImageRuntime):
             raise ValueError(
                 f"an upscaler takes one input, the image; the model has {len(model.inputs)}"
             )
-        if model.inputs[0].shape[-1] != spec.channels:
-            raise ValueError(
-                f"the model's image input has {model.inputs[0].shape[-1]} channels, "
-                f"the manifest says {spec.channels}"
-            )
+        cls.check_channels(model, spec)
         upscaled = forward_blank(model, manifest)
         wanted = (scale * spec.height, scale * spec.width, spec.channels)
         if upscaled.shape[1:] != wanted:

@@ -20,13 +20,13 @@ from service.metrics import Metrics
 from service.runtimes.denoising import DenoiseRequest, DenoisingRuntime
 from service.settings import BatchingOverride
 from tests.helpers import (
+    batch_counts,
     build_conv_denoiser,
     build_cropping_denoiser,
     build_identity_denoiser,
     build_sigma_denoiser,
     denoising_manifest,
     encode,
-    histogram_sum_count,
     make_settings,
     noise_image,
     png,
@@ -34,6 +34,7 @@ from tests.helpers import (
     publish_colour_classifier,
     publish_denoiser,
     start_client,
+    until_requests_share_a_call,
     wait_ready,
     wait_until,
 )
@@ -192,15 +193,19 @@ def test_tiles_of_concurrent_requests_share_batches(batching_client):
     def ask(image):
         return denoise(batching_client, png(image), "/v1/models/denoiser/denoise")
 
-    with concurrent.futures.ThreadPoolExecutor(len(images)) as threads:
-        results = list(threads.map(ask, images))
-    for image, (_, output) in zip(images, results, strict=True):
-        assert np.array_equal(np.asarray(output), np.asarray(image))
-    total, calls = histogram_sum_count(
-        batching_client.get("/metrics").text, "kerve_batch_size", "denoiser"
-    )
+    def send_together():
+        with concurrent.futures.ThreadPoolExecutor(len(images)) as threads:
+            results = list(threads.map(ask, images))
+        for image, (_, output) in zip(images, results, strict=True):
+            assert np.array_equal(np.asarray(output), np.asarray(image))
+
     # One by one, each request would be at least one model call of its own.
-    assert total == sum(tiles_for(w, h) for w, h in sizes) and calls < len(sizes)
+    until_requests_share_a_call(
+        send_together,
+        lambda: batch_counts(batching_client, "denoiser"),
+        samples=sum(tiles_for(w, h) for w, h in sizes),
+        alone=len(sizes),
+    )
 
 
 def test_given_sigma_reaches_the_model(denoise_client):
@@ -224,17 +229,20 @@ def test_requests_with_different_sigmas_share_a_batch(batching_client):
         url = "/v1/models/sigma-denoiser/denoise"
         return denoise(batching_client, png(image), url, sigma=sigma)
 
-    with concurrent.futures.ThreadPoolExecutor(len(sigmas)) as threads:
-        results = list(threads.map(ask, zip(images, sigmas, strict=True)))
-    for image, sigma, (found, output) in zip(images, sigmas, results, strict=True):
-        assert found["sigma"] == sigma and output.mode == "L"
-        expected = np.clip(np.asarray(image).astype(int) + int(sigma), 0, 255)
-        assert np.array_equal(np.asarray(output), expected), sigma
-    total, calls = histogram_sum_count(
-        batching_client.get("/metrics").text, "kerve_batch_size", "sigma-denoiser"
+    def send_together():
+        with concurrent.futures.ThreadPoolExecutor(len(sigmas)) as threads:
+            results = list(threads.map(ask, zip(images, sigmas, strict=True)))
+        for image, sigma, (found, output) in zip(images, sigmas, results, strict=True):
+            assert found["sigma"] == sigma and output.mode == "L"
+            expected = np.clip(np.asarray(image).astype(int) + int(sigma), 0, 255)
+            assert np.array_equal(np.asarray(output), expected), sigma
+
+    until_requests_share_a_call(
+        send_together,
+        lambda: batch_counts(batching_client, "sigma-denoiser"),
+        samples=sum(tiles_for(50, 50 + 10 * i) for i in range(len(sigmas))),
+        alone=len(sigmas),
     )
-    assert total == sum(tiles_for(50, 50 + 10 * i) for i in range(len(sigmas)))
-    assert calls < len(sigmas)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])

@@ -25,13 +25,14 @@ from tests.helpers import (
     GENERATOR_LABELS,
     GENERATOR_SIZE,
     LATENT_DIM,
+    batch_counts,
     build_tiny_generator,
     generation_manifest,
-    histogram_sum_count,
     make_settings,
     publish_colour_classifier,
     publish_generator,
     start_client,
+    until_requests_share_a_call,
     wait_ready,
     wait_until,
 )
@@ -141,42 +142,36 @@ def test_one_request_for_eight_equals_eight_requests_for_one(generate_client):
         assert np.array_equal(alone, together[i]), i
 
 
-def batch_calls(client, name: str) -> tuple[float, float]:
-    return histogram_sum_count(client.get("/metrics").text, "kerve_batch_size", name)
-
-
 @pytest.mark.parametrize(("name", "max_batch_size"), [("generator", 32), ("split-generator", 4)])
 def test_images_do_not_depend_on_how_requests_are_batched(batching_client, name, max_batch_size):
     url = f"/v1/models/{name}/generate"
-    samples_before, calls_before = batch_calls(batching_client, name)
+    samples_before, calls_before = batch_counts(batching_client, name)
     together = pixels(generate(batching_client, url, label="circle", count=8, seed=500))
-    samples, calls = batch_calls(batching_client, name)
-    assert samples - samples_before == 8 and calls - calls_before == -(-8 // max_batch_size)
+    samples, calls = batch_counts(batching_client, name)
+    # The batcher may split further where the times measured at load say smaller
+    # batches cost less per sample; never into calls over the maximum.
+    assert samples - samples_before == 8 and calls - calls_before >= -(-8 // max_batch_size)
 
     def ask(request):
         count, seed = request
         return pixels(generate(batching_client, url, label="circle", count=count, seed=seed))
 
+    def send_together(requests):
+        with concurrent.futures.ThreadPoolExecutor(len(requests)) as threads:
+            results = [image for found in threads.map(ask, requests) for image in found]
+        for i, (alone_image, reference) in enumerate(zip(results, together, strict=True)):
+            assert np.array_equal(alone_image, reference), (requests, i)
+
+    # Requests split across batches: 3 + 5 samples, batches of at most 4 or 32.
+    send_together([(3, 500), (5, 503)])
+    # Eight single requests would take eight model calls one by one.
     singles = [(1, 500 + i) for i in range(8)]
-    mixed = [(3, 500), (5, 503)]
-    for requests in (singles, mixed):
-        # One by one, the requests would take this many model calls.
-        alone = sum(-(-count // max_batch_size) for count, _ in requests)
-        # A batch runs at once when no other request is on its way, so concurrent
-        # requests share one only if they overlap: try until they have (every try
-        # must give the same images).
-        for _ in range(10):
-            with concurrent.futures.ThreadPoolExecutor(len(requests)) as threads:
-                results = [image for found in threads.map(ask, requests) for image in found]
-            for i, (alone_image, reference) in enumerate(zip(results, together, strict=True)):
-                assert np.array_equal(alone_image, reference), (requests, i)
-            samples_before, calls_before = samples, calls
-            samples, calls = batch_calls(batching_client, name)
-            assert samples - samples_before == 8
-            if calls - calls_before < alone:
-                break
-        else:
-            raise AssertionError(f"{requests} never shared a model call in 10 tries")
+    until_requests_share_a_call(
+        lambda: send_together(singles),
+        lambda: batch_counts(batching_client, name),
+        samples=8,
+        alone=8,
+    )
 
 
 def grid_of(response) -> Image.Image:

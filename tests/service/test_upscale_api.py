@@ -20,10 +20,10 @@ from service.metrics import Metrics
 from service.runtimes.upscaling import UpscaleRequest, UpscalingRuntime
 from service.settings import BatchingOverride
 from tests.helpers import (
+    batch_counts,
     build_conv_upscaler,
     build_nearest_upscaler,
     encode,
-    histogram_sum_count,
     make_settings,
     noise_image,
     png,
@@ -31,6 +31,7 @@ from tests.helpers import (
     publish_colour_classifier,
     publish_upscaler,
     start_client,
+    until_requests_share_a_call,
     upscaling_manifest,
     wait_ready,
     wait_until,
@@ -198,15 +199,19 @@ def test_tiles_of_concurrent_requests_share_batches(batching_client):
     def ask(image):
         return upscale(batching_client, png(image), "/v1/models/upscaler/upscale")
 
-    with concurrent.futures.ThreadPoolExecutor(len(images)) as threads:
-        results = list(threads.map(ask, images))
-    for image, (_, output) in zip(images, results, strict=True):
-        assert np.array_equal(np.asarray(output), repeated(np.asarray(image), 2))
-    total, calls = histogram_sum_count(
-        batching_client.get("/metrics").text, "kerve_batch_size", "upscaler"
-    )
+    def send_together():
+        with concurrent.futures.ThreadPoolExecutor(len(images)) as threads:
+            results = list(threads.map(ask, images))
+        for image, (_, output) in zip(images, results, strict=True):
+            assert np.array_equal(np.asarray(output), repeated(np.asarray(image), 2))
+
     # One by one, each request would be at least one model call of its own.
-    assert total == sum(tiles_for(w, h) for w, h in sizes) and calls < len(sizes)
+    until_requests_share_a_call(
+        send_together,
+        lambda: batch_counts(batching_client, "upscaler"),
+        samples=sum(tiles_for(w, h) for w, h in sizes),
+        alone=len(sizes),
+    )
 
 
 # -- limits and errors -------------------------------------------------------------------

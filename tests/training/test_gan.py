@@ -17,6 +17,7 @@ from tests.helpers import (
     publish_colour_classifier,
     start_client,
     wait_ready,
+    write_colour_folders,
 )
 from training import evaluate, gan
 
@@ -101,18 +102,6 @@ def test_frechet_distance_of_gaussians():
     assert evaluate.frechet_distance((mean, cov), (mean, np.diag([4.0, 1.0]))) == pytest.approx(1)
 
 
-def write_colour_folder(root, per_class: int = 12, size: int = 12):
-    """Class folders red/green/blue of noisy solid-colour PNGs."""
-    rng = np.random.default_rng(5)
-    for index, name in enumerate(COLOUR_LABELS):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 60, (size, size, 3))
-            pixels[..., index] += 180
-            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
 def run_script(data, out, *extra):
     arguments = ["--data", str(data), "--image-size", "12", "--width", "4", "--latent-dim",
                  "8", "--epochs", "2", "--batch-size", "8", "--eval-images", "30",
@@ -122,7 +111,7 @@ def run_script(data, out, *extra):
 
 
 def test_script_trains_judges_fine_tunes_and_the_service_serves_it(tmp_path):
-    data = write_colour_folder(tmp_path / "data")
+    data = write_colour_folders(tmp_path / "data")
     repository = tmp_path / "models"
     publish_colour_classifier(repository, name="judge")  # knows red, green, blue
     common = ["--judge", str(repository / "judge"), "--cache-dir", str(tmp_path / "cache")]
@@ -167,6 +156,6 @@ def test_script_trains_judges_fine_tunes_and_the_service_serves_it(tmp_path):
 
 
 def test_script_refuses_classes_the_generator_does_not_have(tmp_path):
-    data = write_colour_folder(tmp_path / "data", per_class=2)
+    data = write_colour_folders(tmp_path / "data", per_class=2)
     with pytest.raises(ValueError, match="purple"):
         run_script(data, tmp_path / "models" / "generator", "--classes", "red,purple")

@@ -24,7 +24,7 @@ from PIL import Image
 
 import kerve_manifest
 from service.settings import BatchingOverride
-from tests.helpers import encode, make_settings, start_client, wait_ready
+from tests.helpers import encode, make_settings, start_client, wait_ready, write_colour_folders
 from training import captioner, classifier, gan, segmenter
 from training.data import caption_sets, segmentation_sets, splits
 from training.data.image_files import DataError
@@ -145,18 +145,6 @@ def write_coco(root: Path) -> Path:
     ]
     document = {"info": {}, "images": images, "annotations": annotations}
     (root / "captions_train2017.json").write_text(json.dumps(document, indent=1))
-    return root
-
-
-def write_class_folders(root: Path, per_class: int = 8, size: int = 12) -> Path:
-    """red/, green/, blue/ of noisy solid-colour PNGs."""
-    rng = np.random.default_rng(5)
-    for index, name in enumerate(COLOURS):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 60, (size, size, 3))
-            pixels[..., index] += 180
-            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
     return root
 
 
@@ -481,7 +469,7 @@ def test_refuses_a_folder_with_no_captions_file(tmp_path):
 
 # -- class folders (the classifier and the GAN) ------------------------------------------------
 def test_class_folders_train_a_classifier_that_serves(tmp_path):
-    data = write_class_folders(tmp_path / "data")
+    data = write_colour_folders(tmp_path / "data", per_class=8)
     version = classifier.main(
         ["--data", str(data), *FROZEN_RUN, "--image-size", "32", "--batch-size", "8",
          "--out", str(tmp_path / "models" / "colours")]
@@ -498,7 +486,7 @@ def test_class_folders_train_a_classifier_that_serves(tmp_path):
 
 
 def test_class_folders_train_a_generator_that_serves(tmp_path):
-    data = write_class_folders(tmp_path / "data")
+    data = write_colour_folders(tmp_path / "data", per_class=8)
     version = gan.main(
         ["--data", str(data), "--image-size", "12", "--width", "4", "--latent-dim", "8",
          "--epochs", "1", "--batch-size", "8", "--verbose", "0",
