@@ -23,6 +23,8 @@ TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # stored sideways: width and
 SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 BACKGROUND = (255, 255, 255)  # what transparent pixels become
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PROGRESSIVE_FRAMES = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+ARITHMETIC_FRAMES = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 SMALL_PNG_PIXELS = 64 * 64  # up to this, encode_png writes the PNG itself
 SMALL_PNG_COLOUR_TYPES = {"L": 0, "RGB": 2}  # Pillow mode -> PNG colour type (8 bits)
 
@@ -54,6 +56,8 @@ def decode_image(data: bytes, max_pixels: int, target_size: tuple[int, int] | No
         raise PayloadTooLarge(
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
         )
+    if image.format in ("JPEG", "MPO"):
+        _check_jpeg_holds_its_size(data, width, height)
     orientation = _exif_orientation(image)
     if target_size is not None and isinstance(image, JpegImagePlugin.JpegImageFile):
         draft_width, draft_height = target_size
@@ -67,6 +71,43 @@ def decode_image(data: bytes, max_pixels: int, target_size: tuple[int, int] | No
     if orientation is not None and orientation != 1:
         image = ImageOps.exif_transpose(image)
     return image
+
+
+def _check_jpeg_holds_its_size(data: bytes, width: int, height: int) -> None:
+    """Refuse a JPEG too short to hold the size its header declares.
+
+    libjpeg decodes a JPEG whose data ends early (an end marker where the scan should
+    go on) into a full-size image padded with grey, and only warns; Pillow keeps the
+    warning to itself. Huffman coding spends at least one bit per code, so a sequential
+    JPEG needs two bits per luma 8x8 block (its DC and end-of-block codes) and a
+    progressive one one bit (its first DC scan): a file shorter than that cannot hold
+    the image. Arithmetic-coded JPEGs can spend less, and are not checked.
+    """
+    frame = _jpeg_frame_marker(data)
+    if frame is None or frame in ARITHMETIC_FRAMES:
+        return
+    blocks = -(-width // 8) * -(-height // 8)
+    bits_per_block = 1 if frame in PROGRESSIVE_FRAMES else 2
+    if len(data) * 8 < blocks * bits_per_block:
+        raise InvalidImage(
+            f"the image data is truncated: {len(data)} bytes cannot hold a {width}x{height} JPEG"
+        )
+
+
+def _jpeg_frame_marker(data: bytes) -> int | None:
+    """The start-of-frame marker (0xC0-0xCF but DHT, JPG and DAC) of a JPEG, or None."""
+    offset = 2  # after SOI
+    while offset + 4 <= len(data) and data[offset] == 0xFF:
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker
+        if marker == 0xDA:  # a scan before any frame: not a JPEG libjpeg decodes
+            return None
+        offset += 2 + struct.unpack(">H", data[offset + 2 : offset + 4])[0]
+    return None
 
 
 def to_mode(image: Image.Image, channels: int) -> Image.Image:

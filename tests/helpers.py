@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import re
+import struct
 import threading
 import time
 from pathlib import Path
@@ -155,6 +156,12 @@ def encode(array: np.ndarray, image_format: str, **options) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=image_format, **options)
     return buffer.getvalue()
+
+
+def with_declared_size(jpeg: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its frame header claiming another size: the scan ends early."""
+    at = jpeg.index(b"\xff\xc0") if b"\xff\xc0" in jpeg else jpeg.index(b"\xff\xc2")
+    return jpeg[: at + 5] + struct.pack(">HH", height, width) + jpeg[at + 9 :]
 
 
 def solid(colour: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> np.ndarray:

@@ -37,6 +37,7 @@ from tests.helpers import (
     until_requests_share_a_call,
     wait_ready,
     wait_until,
+    with_declared_size,
 )
 
 PNG = {"Content-Type": "image/png"}
@@ -317,6 +318,8 @@ def test_an_image_of_more_tiles_than_the_queue_holds_is_413():
         runtime.preprocess(DenoiseRequest(image=png(noise_image(48, 144))))
 
 
+# 12 KB of a 256x192 photo whose header claims 6000x6000: libjpeg would pad it with grey.
+TRUNCATED = with_declared_size(encode(np.asarray(noise_image(256, 192)), "JPEG"), 6000, 6000)
 TWO_FILES = {
     "files": [("file", ("a.png", b"x", "image/png")), ("file", ("b.png", b"y", "image/png"))]
 }
@@ -329,6 +332,8 @@ TWO_FILES = {
          "invalid_image", "not a decodable image"),
         ("empty body", "/v1/denoise", {"content": b"", "headers": PNG}, 400, "bad_request",
          "no image"),
+        ("a JPEG claiming more pixels than it holds", "/v1/denoise", {"content": TRUNCATED,
+         "headers": {"Content-Type": "image/jpeg"}}, 400, "invalid_image", "truncated"),
         ("two images", "/v1/denoise", TWO_FILES, 400, "bad_request", "one image per request"),
         ("negative sigma", "/v1/models/sigma-denoiser/denoise?sigma=-1", {}, 422,
          "invalid_request", "sigma: Input should be greater than or equal to 0"),

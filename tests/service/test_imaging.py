@@ -11,7 +11,7 @@ from PIL import Image
 from kerve_manifest import InputSpec
 from service import imaging
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from tests.helpers import encode, solid
+from tests.helpers import encode, solid, with_declared_size
 
 LIMIT = 40_000_000
 
@@ -189,3 +189,20 @@ def test_small_png_is_written_here_and_decodes_to_the_same_pixels(shape, mode):
     Image.open(io.BytesIO(png)).verify()  # every chunk's CRC
     decoded = Image.open(io.BytesIO(png))
     assert decoded.mode == mode and np.array_equal(np.asarray(decoded), pixels)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_whose_data_ends_before_its_declared_size_is_refused(progressive):
+    """libjpeg pads such an image with grey and only warns: 12 KB claiming 6000x6000."""
+    pixels = np.random.default_rng(0).integers(0, 256, (192, 256, 3), dtype=np.uint8)
+    small = encode(pixels, "JPEG", quality=90, progressive=progressive)
+    with pytest.raises(InvalidImage, match="truncated.*6000x6000"):
+        imaging.decode_image(with_declared_size(small, 6000, 6000), LIMIT)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_the_smallest_real_jpegs_of_their_size_are_accepted(progressive):
+    """One flat colour with optimised Huffman tables: as few bytes a pixel as JPEG gets."""
+    flat = encode(solid((90, 90, 90), (3000, 2000)), "JPEG", optimize=True, progressive=progressive)
+    assert len(flat) < 3000 * 2000 / 64  # well under a byte per block
+    assert imaging.decode_image(flat, LIMIT).size == (3000, 2000)
