@@ -17,6 +17,7 @@ import functools
 import gc
 import json
 import logging
+import re
 import time
 import zipfile
 from collections.abc import Callable
@@ -34,6 +35,21 @@ from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 PENDING_FILE = kerve_manifest.PENDING_FILE  # a model still to come (ModelRepository.pending)
+
+
+# Absolute paths (not URLs: no ':' or '/' before them) and pydantic's documentation links.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+([^\s/'\"]+)")
+_PYDANTIC_LINK = re.compile(r"\s*For further information visit https://errors\.pydantic\.dev/\S*")
+
+
+def public_error(detail: str, models_dir: Path) -> str:
+    """A load error as clients may read it (``/v1/models``, ``/readyz``): files named within
+    the repository (``fashion/2/manifest.json``), no other absolute path (a file's name
+    only), no library links. The server's log keeps the whole error."""
+    for root in {str(models_dir.resolve()), str(models_dir.absolute())}:
+        detail = detail.replace(root.rstrip("/") + "/", "")
+    detail = _PYDANTIC_LINK.sub("", detail)
+    return _ABSOLUTE_PATH.sub(r"\1", detail)
 
 
 class VersionState(enum.StrEnum):
@@ -177,9 +193,10 @@ class ModelRepository:
             )
         except Exception as error:  # noqa: BLE001 - any failure is this version's alone
             entry.state = VersionState.FAILED
-            entry.error = f"{type(error).__name__}: {error}"[:500]
+            detail = f"{type(error).__name__}: {error}"
+            entry.error = public_error(detail, self.settings.models_dir)[:500]
             self._metrics.load_failures.labels(model=name, version=str(version)).inc()
-            logger.error("model %s version %d failed to load: %s", name, version, entry.error)
+            logger.error("model %s version %d failed to load: %s", name, version, detail)
             return entry
         entry.runtime.start(self._pool, self.settings.retry_after_s)
         _freeze_heap()

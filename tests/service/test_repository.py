@@ -149,6 +149,28 @@ def test_a_model_with_no_loadable_version_is_not_ready(tmp_path):
         assert unavailable.json()["error"]["code"] == "not_ready"
 
 
+def test_load_errors_name_files_within_the_repository_and_nothing_of_the_server(tmp_path):
+    """Clients read load errors (/readyz, /v1/models); the server's paths and pydantic's
+    documentation links are not theirs to see. The log keeps the whole error."""
+    root = tmp_path / "models"
+    no_manifest = root / "no-manifest" / "2"
+    no_manifest.mkdir(parents=True)
+    (no_manifest / kerve_manifest.MODEL_FILE).write_bytes(b"")
+    invalid = root / "invalid" / "1"
+    invalid.mkdir(parents=True)
+    (invalid / kerve_manifest.MANIFEST_FILE).write_text('{"task": "classification"}')
+    with start_client(make_settings(root)) as client:
+        wait_until(lambda: client.get("/readyz").json()["initial_load_done"])
+        failed = client.get("/readyz").json()["failed"]
+        listed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    errors = [failed["no-manifest"]["2"], failed["invalid"]["1"]]
+    errors += [v["error"] for name in failed for v in listed[name]["versions"]]
+    assert "'no-manifest/2/manifest.json'" in errors[0]
+    assert "invalid manifest.json" in errors[1] and "Field required" in errors[1]
+    for error in errors:
+        assert str(tmp_path) not in error and "pydantic.dev" not in error, error
+
+
 def test_a_model_published_after_the_first_load_leaves_readiness_alone(repository, tmp_path):
     """Replicas share a model volume: a model that appears later (loading, or failing)
     must not take every one of them out of its load balancer. A new process waits."""
