@@ -59,7 +59,7 @@ def main(
         access_log=False,  # the service writes its own access log, with request ids
         loop="uvloop",
         http="httptools",
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
     )
 
 

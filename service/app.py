@@ -12,11 +12,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 import kerve_backend
 from kerve_backend import keras
-from service import logs
-from service.errors import ServiceError
+from service import logs, openapi
+from service.errors import (
+    BadRequest,
+    ClientDisconnected,
+    ServiceError,
+    UnsupportedMediaType,
+)
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.repository import ModelRepository
@@ -55,6 +61,7 @@ def create_app(settings: Settings | None = None) -> fastapi.FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.openapi = lambda: openapi.document(app)  # Kerve's errors, every $ref resolving
     app.state.settings = settings
     app.state.metrics = metrics
     app.add_middleware(
@@ -124,6 +131,21 @@ async def _service_error(request: fastapi.Request, error: ServiceError):
 
 
 async def _validation_error(request: fastapi.Request, error: RequestValidationError):
+    # A JSON-body route answers a body it cannot read as the image routes do: 415 for
+    # another content type, 400 for malformed JSON; 422 is for JSON of the wrong shape.
+    route = request.scope.get("route")
+    if getattr(getattr(route, "endpoint", None), "json_body", False):
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+            wrong = UnsupportedMediaType(
+                f"unsupported content type {media_type!r}; send application/json"
+            )
+            return await _service_error(request, wrong)
+    kinds = {(item.get("type"), tuple(item.get("loc", ()))) for item in error.errors()}
+    if any(kind == "json_invalid" for kind, _ in kinds):
+        return await _service_error(request, BadRequest("the body is not valid JSON"))
+    if ("missing", ("body",)) in kinds:
+        return await _service_error(request, BadRequest("the request has no JSON body"))
     problems = "; ".join(
         f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg')}"
         for item in error.errors()
@@ -133,9 +155,23 @@ async def _validation_error(request: fastapi.Request, error: RequestValidationEr
 
 
 async def _http_error(request: fastapi.Request, error: HTTPException):
+    # FastAPI turns anything raised while it reads a JSON body into a 400: the body limit
+    # (413) and a client hanging up (499) keep their own answers.
+    if isinstance(error.__cause__, ServiceError):
+        return await _service_error(request, error.__cause__)
+    if isinstance(error.__cause__, ClientDisconnect):
+        return await _client_gone(request, error.__cause__)
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
     headers = getattr(error, "headers", None)
     return _error(error.status_code, code, str(error.detail), headers, request)
+
+
+async def _client_gone(request: fastapi.Request, error: ClientDisconnect):
+    """A client that hangs up while sending its body is its own outcome, 499 in the metrics
+    and an info line, never a 5xx that alerts watch: any client could inflate those."""
+    logger.info("the client closed the connection before sending its whole request")
+    gone = ClientDisconnected("the client closed the connection")
+    return _error(gone.status_code, gone.code, gone.message, request=request)
 
 
 async def _unexpected_error(request: fastapi.Request, error: Exception):
@@ -154,5 +190,6 @@ EXCEPTION_HANDLERS = {
     ServiceError: _service_error,
     RequestValidationError: _validation_error,
     HTTPException: _http_error,
+    ClientDisconnect: _client_gone,
     Exception: _unexpected_error,
 }

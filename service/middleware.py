@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -9,7 +10,7 @@ import random
 import time
 
 from service import logs
-from service.errors import PayloadTooLarge
+from service.errors import PayloadTooLarge, ServiceError, Unavailable
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
@@ -37,11 +38,12 @@ class RequestContextMiddleware:
         logs.request_id.set(request_id)
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         async def send_with_id(message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, response_started = message["status"], True
                 extra = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
                 message["headers"] = [*message.get("headers", []), extra]
             await send(message)
@@ -55,6 +57,13 @@ class RequestContextMiddleware:
                 await self._refuse_body(scope, send_with_id, declared)
             else:
                 await self.app(scope, self._limited(receive), send_with_id)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when its graceful shutdown ends
+            # (SERVE_GRACEFUL_SHUTDOWN_S); each gets Kerve's JSON 503, not a text 500.
+            if response_started:
+                raise
+            gone = Unavailable("the server is shutting down; retry on another replica")
+            await _send_error(scope, send_with_id, gone)
         finally:
             self._record(scope, status, time.perf_counter() - started)
 
@@ -74,15 +83,9 @@ class RequestContextMiddleware:
         return limited_receive
 
     async def _refuse_body(self, scope, send, declared: int) -> None:
-        """413 before the body is read, in the error shape of the route it was sent to."""
+        """413 before the body is read."""
         error = PayloadTooLarge(f"the body is {declared} bytes; the limit is {self.max_body_bytes}")
-        document = {"error": {"code": error.code, "message": error.message}}
-        if _speaks_a_protocol(scope["path"]):
-            document = {"error": error.message}
-        body = json.dumps(document).encode()
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(scope, send, error)
 
     def _record(self, scope, status: int, elapsed: float) -> None:
         route = scope.get("route")
@@ -116,6 +119,18 @@ class RequestContextMiddleware:
             self.metrics.request_latency.labels(method=method, **labels),
             self.metrics.requests.labels(**labels),
         )
+
+
+async def _send_error(scope, send, error: ServiceError) -> None:
+    """An error answered by the middleware itself, in the error shape of the route it was
+    sent to, closing the connection (its body may be unread)."""
+    document = {"error": {"code": error.code, "message": error.message}}
+    if _speaks_a_protocol(scope["path"]):
+        document = {"error": error.message}
+    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps(document).encode()})
 
 
 def _new_id() -> str:

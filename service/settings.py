@@ -75,6 +75,9 @@ class Settings(pydantic_settings.BaseSettings):
     max_images_per_request: int = 64
 
     retry_after_s: int = 1
+    # On SIGTERM: seconds to finish the requests in flight; those still running then get
+    # a 503. Kubernetes' terminationGracePeriodSeconds must exceed it (deploy/k8s).
+    graceful_shutdown_s: float = pydantic.Field(default=30.0, gt=0)
 
     # GPUs, applied by `python -m service` before the backend starts.
     # Which GPUs the models use, as CUDA indices ("0", "0,1"); "" hides every GPU;

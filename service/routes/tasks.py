@@ -104,6 +104,7 @@ def _endpoint(runtime_class: type[Runtime], form: str):
         parameters.append(_parameter("version", Annotated[str, fastapi.Path()]))
     serve_task.__signature__ = inspect.Signature(parameters)
     serve_task.metrics_task = runtime_class.verb  # the middleware's task label
+    serve_task.json_body = runtime_class.body == "params"  # the app's error handlers read it
     return serve_task
 
 

@@ -8,6 +8,7 @@ import binascii
 import fastapi
 import pydantic
 from fastapi.exceptions import RequestValidationError
+from starlette.requests import ClientDisconnect
 
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.routes.params import get_app_settings
@@ -92,10 +93,16 @@ async def read_one_image(request: fastapi.Request, task: str) -> bytes:
 async def _read_form(request: fastapi.Request, max_images: int) -> list[bytes]:
     try:
         form = await request.form(max_files=max_images + 1, max_fields=100)
-    except PayloadTooLarge:
+    except (PayloadTooLarge, ClientDisconnect):
         raise
     except Exception as error:  # noqa: BLE001 - the multipart parser raises several kinds
-        raise BadRequest(f"malformed multipart body: {error}") from error
+        # Starlette wraps the parser's errors in a 400 HTTPException; the message is kept.
+        message = str(getattr(error, "detail", None) or error)
+        if message.startswith("Too many files"):  # the parser stops at max_files
+            raise PayloadTooLarge(
+                f"more than {max_images} images sent; at most {max_images} per request"
+            ) from error
+        raise BadRequest(f"malformed multipart body: {message}") from error
     try:
         uploads = form.getlist(FORM_FIELD)
         if not uploads:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pydantic
@@ -31,10 +31,20 @@ GRID_GAP = 2  # pixels of background (0) between the images of a PNG grid
 LABELS_LISTED = 20  # known labels an error message lists before "..."
 SEED_HEADER = "X-Kerve-Seed"  # a PNG grid has no JSON to report its seed in
 
-# Strict, so that 7.0 or "7" is not taken for the index 7; a bool passes here and
-# is refused with the model's labels (400), like any label the model does not have.
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integer: 7 and 7.0 alike (one number in JSON), never "7" or 7.5."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer as JSON Schema has it: strict otherwise, so "7", 7.5 and true are refused.
+JsonInt = Annotated[int, pydantic.Strict(), pydantic.BeforeValidator(_integral)]
+# A bool passes here and is refused with the model's labels (400), like any label the
+# model does not have; "7" is the name "7", not the index.
 Label = Annotated[
-    pydantic.StrictStr | pydantic.StrictInt | pydantic.StrictBool,
+    pydantic.StrictStr | pydantic.StrictBool | JsonInt,
     pydantic.WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 0}]}),
 ]
 
@@ -56,19 +66,17 @@ class GenerateRequest(pydantic.BaseModel):
         description="The class: a name from the model's labels (GET /v1/models/{name}; "
         "case-insensitive if unambiguous) or its index."
     )
-    count: int = pydantic.Field(
+    count: JsonInt = pydantic.Field(
         default=1,
         ge=1,
         le=MAX_COUNT,
-        strict=True,
         description=f"Images to make, 1 to {MAX_COUNT} (and at most the server's "
         "max_images_per_request).",
     )
-    seed: int | None = pydantic.Field(
+    seed: JsonInt | None = pydantic.Field(
         default=None,
         ge=0,
         le=MAX_SEED,
-        strict=True,
         description="Image i is made from seed + i alone, so equal seeds give equal images. "
         "Omitted: drawn at random and reported.",
     )

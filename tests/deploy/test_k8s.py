@@ -316,6 +316,16 @@ def test_probes_hit_the_health_routes_on_the_served_port(renders, app):
     assert not serves_get(app, "/no-such-route")
 
 
+def test_the_pod_outlives_its_drain(renders):
+    """Kubernetes kills the pod at terminationGracePeriodSeconds: after the preStop sleep
+    and the server's own drain, so requests cut off get Kerve's 503, not a reset."""
+    spec = one(renders["base"], "Deployment")["spec"]["template"]["spec"]
+    pre_stop = server(renders["base"])["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "/bin/sleep"
+    drain = float(environment(renders["base"])["SERVE_GRACEFUL_SHUTDOWN_S"])
+    assert spec["terminationGracePeriodSeconds"] >= float(pre_stop[1]) + drain + 5
+
+
 def test_the_service_and_the_budget_select_the_pods(renders):
     objects = renders["base"]
     deployment = one(objects, "Deployment")

@@ -257,6 +257,13 @@ def test_truncation_changes_images_deterministically(generate_client):
     assert np.std(pixels(truncated), axis=0).mean() < np.std(pixels(plain), axis=0).mean()
 
 
+def test_integers_may_come_as_integral_numbers_as_json_schema_allows(generate_client):
+    """7 and 7.0 are one JSON number; "7" (a label's name) and 7.5 are not integers."""
+    as_floats = generate(generate_client, label=1.0, count=2.0, seed=7.0)
+    as_ints = generate(generate_client, label=1, count=2, seed=7)
+    assert as_floats["images"] == as_ints["images"] and as_floats["seed"] == 7
+
+
 LABELS_IN_MESSAGE = "0 'circle', 1 'square', 2 'cross', 3 'ring'"
 
 
@@ -277,7 +284,9 @@ LABELS_IN_MESSAGE = "0 'circle', 1 'square', 2 'cross', 3 'ring'"
         ("index 10", "/v1/generate", {"label": 10}, 400, "bad_request", LABELS_IN_MESSAGE),
         ("negative index", "/v1/generate", {"label": -1}, 400, "bad_request", "from 0 to 3"),
         ("a bool", "/v1/generate", {"label": True}, 400, "bad_request", "no label True"),
-        ("a float index", "/v1/generate", {"label": 1.0}, 422, "invalid_request", "label"),
+        ("a fractional index", "/v1/generate", {"label": 1.5}, 422, "invalid_request", "label"),
+        ("a fractional count", "/v1/generate", {"label": 0, "count": 2.5}, 422,
+         "invalid_request", "count"),
         ("no label", "/v1/generate", {"count": 2}, 422, "invalid_request", "label"),
         ("negative seed", "/v1/generate", {"label": 0, "seed": -1}, 422, "invalid_request",
          "seed"),
@@ -307,15 +316,24 @@ def test_bad_requests_get_a_clear_4xx(
 
 
 @pytest.mark.parametrize(
-    ("content", "content_type"),
-    [(b"{label: 1", "application/json"), (b"label=1", "text/plain"), (b"", "application/json")],
+    ("content", "content_type", "status", "code"),
+    [
+        (b"{label: 1", "application/json", 400, "bad_request"),
+        (b"", "application/json", 400, "bad_request"),
+        (b"label=1", "text/plain", 415, "unsupported_media_type"),
+        (b'{"label": 1}', "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+    ],
 )
-def test_a_body_that_is_not_json_is_422(generate_client, content, content_type):
+def test_a_body_that_is_not_json_is_refused_as_image_routes_refuse_theirs(
+    generate_client, content, content_type, status, code
+):
+    """400 for malformed or missing JSON, 415 for another content type; 422 is for
+    JSON of the wrong shape (the table above)."""
     response = generate_client.post(
         "/v1/generate", content=content, headers={"Content-Type": content_type}
     )
-    assert response.status_code == 422, response.text
-    assert response.json()["error"]["code"] == "invalid_request"
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
 
 
 def test_a_long_label_list_is_cut_short_in_errors():
