@@ -11,7 +11,8 @@
 # certificates) and imported into podman, standing in for python:3.11-slim. RUN steps
 # run in a chroot on the host's network, which is all a build needs here.
 # KERVE_BASE_IMAGE names the base image (made when missing), KERVE_ROOTFS where
-# debootstrap puts it, DEBIAN_MIRROR the mirror it uses, KERVE_TAG the image's tag
+# debootstrap puts it, DEBIAN_MIRROR the mirror it uses (default: the one this machine's
+# apt uses, deploy/debian-mirror.sh), KERVE_TAG the image's tag
 # (default kerve:TARGET).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,8 @@ TARGET=${1:-smoke}
 shift || true
 BASE_IMAGE=${KERVE_BASE_IMAGE:-localhost/kerve-base:bookworm}
 ROOTFS=${KERVE_ROOTFS:-/var/tmp/kerve-rootfs}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The machine's own Debian archive, from its apt sources: no address lives in the repo.
+MIRROR=${DEBIAN_MIRROR:-$(deploy/debian-mirror.sh bookworm)}
 TAG=${KERVE_TAG:-kerve:$TARGET}
 
 if [ "$(id -u)" != 0 ]; then
