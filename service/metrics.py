@@ -51,6 +51,12 @@ class Metrics:
             ("route", "task", "status", *MODEL_LABELS),
             registry=registry,
         )
+        self.in_flight = Gauge(
+            "kerve_requests_in_flight",
+            "HTTP requests being served (health checks and /metrics excluded).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.queue_wait = Histogram(
             "kerve_queue_wait_seconds",
             "Time a request waited in the batch queue.",

@@ -15,6 +15,7 @@ from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
 REQUEST_ID_HEADER = b"x-request-id"
+OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # not requests in flight
 _request_ids = random.Random()  # seeded from os.urandom, and again in a forked child
 os.register_at_fork(after_in_child=_request_ids.seed)
 
@@ -48,6 +49,9 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", []), extra]
             await send(message)
 
+        counted = scope["path"] not in OPERATIONAL_PATHS
+        if counted:
+            self.metrics.in_flight.inc()
         try:
             declared = int(headers.get(b"content-length", b"0") or 0)
         except ValueError:
@@ -65,6 +69,8 @@ class RequestContextMiddleware:
             gone = Unavailable("the server is shutting down; retry on another replica")
             await _send_error(scope, send_with_id, gone)
         finally:
+            if counted:
+                self.metrics.in_flight.dec()
             self._record(scope, status, time.perf_counter() - started)
 
     def _limited(self, receive):

@@ -6,6 +6,7 @@ import concurrent.futures
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from bench.server import free_port, running_process
-from tests.helpers import encode, solid
+from tests.helpers import encode, solid, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,9 +86,13 @@ def test_sigterm_answers_requests_in_flight_then_exits_0(repository, tmp_path):
             return httpx.post(f"{base_url}/v1/classify", content=image,
                               headers={"Content-Type": "image/png"}, timeout=60)  # fmt: skip
 
+        def held() -> float:
+            text = httpx.get(f"{base_url}/metrics").text
+            return float(re.search(r"^kerve_requests_in_flight (\S+)$", text, re.M).group(1))
+
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             in_flight = [pool.submit(classify) for _ in range(4)]
-            time.sleep(0.5)  # every body sent; the first still decoding
+            wait_until(lambda: held() == 4, interval_s=0.02)  # the server holds all four
             process.send_signal(signal.SIGTERM)
             time.sleep(0.2)
             with pytest.raises(httpx.ConnectError):  # no new connections while it drains
