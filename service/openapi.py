@@ -52,6 +52,7 @@ DESCRIPTIONS = {
 ALWAYS = (500,)
 ON_A_MODEL = (400, 404, 503)  # a route that names a model: a bad version, unknown, not ready
 ON_A_BODY = (400, 404, 413, 415, 422, 503, 504)  # a route that runs a model on a body
+READINESS = frozenset({"/readyz", "/v2/health/ready"})  # 503 in their own body, not an error
 
 
 def document(app: fastapi.FastAPI) -> dict[str, Any]:
@@ -84,7 +85,8 @@ def _add_errors(operation: dict, route: APIRoute) -> None:
         statuses.update(ON_A_BODY)
     elif "{" in route.path_format:
         statuses.update(ON_A_MODEL)
-    if route.path_format in ("/readyz", "/v2/health/ready"):
+    readiness = route.path_format in READINESS
+    if readiness:
         statuses.add(503)
     if "422" in operation.get("responses", {}):  # FastAPI's, in its own shape: ours instead
         statuses.add(422)
@@ -93,7 +95,7 @@ def _add_errors(operation: dict, route: APIRoute) -> None:
     for status in sorted(statuses):
         described = responses.setdefault(str(status), {})
         described.setdefault("description", DESCRIPTIONS[status])
-        if status != 503 or route.path_format not in ("/readyz", "/v2/health/ready"):
+        if status != 503 or not readiness:
             described["content"] = {
                 "application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}
             }

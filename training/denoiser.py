@@ -39,7 +39,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import kerve_manifest  # noqa: E402
 from training import (  # noqa: E402
@@ -428,14 +427,7 @@ def make_manifest(args, channels: int, report: dict, history: dict, elapsed: flo
             "init": str(args.init) if args.init else None,
             **({"pretrained": pretrained_provenance(args, channels)} if args.pretrained else {}),
             "trained": bool(args.epochs),
-            "patch_size": args.patch_size,
-            "epochs_run": len(history.get("loss", [])),
-            "steps_per_epoch": args.steps_per_epoch,
-            "batch_size": args.batch_size,
-            "learning_rate": args.learning_rate,
-            "seed": args.seed,
-            "tensorflow_version": tf.__version__,
-            "training_seconds": round(elapsed),
+            **finetune.patch_training_provenance(args, history, elapsed),
         },
     )
 

@@ -111,6 +111,23 @@ def provenance(args: argparse.Namespace, history: dict[str, list[float]]) -> dic
     }
 
 
+def patch_training_provenance(
+    args: argparse.Namespace, history: dict[str, list[float]], elapsed: float
+) -> dict:
+    """The recipe of a restorer trained on photo patches (denoiser, upscaler), as a
+    manifest's provenance records it."""
+    return {
+        "patch_size": args.patch_size,
+        "epochs_run": len(history.get("loss", [])),
+        "steps_per_epoch": args.steps_per_epoch,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "tensorflow_version": tf.__version__,
+        "training_seconds": round(elapsed),
+    }
+
+
 def record(history: dict[str, list[float]], result: keras.callbacks.History) -> None:
     for key, values in result.history.items():
         history.setdefault(key, []).extend(float(v) for v in values)

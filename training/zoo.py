@@ -124,6 +124,13 @@ NEEDS_FASHION_MNIST = {"fashion-classifier", "segmenter", "captioner", "generato
 NEEDS_NPM = {"upscaler-x4"}
 # The models that start from scico's DnCNN weights (`pip download scico`, ~/.cache/kerve/pypi).
 NEEDS_SCICO = {"denoiser-dncnn", "denoiser-dncnn-color"}
+# A table's set of models needing a source -> the module whose ensure_available() says
+# why that source is missing here (None when it is not), imported only when needed.
+SOURCES = {
+    "NEEDS_FASHION_MNIST": "training.data.fashion_mnist",
+    "NEEDS_NPM": "training.pretrained_upscalers",
+    "NEEDS_SCICO": "training.dncnn",
+}
 # Typical seconds per model of the fast profile on 2 CPU cores: the zoo's time estimates,
 # scaled as it goes by how long the models done so far took against these.
 TYPICAL_S = {
@@ -172,36 +179,14 @@ def main(argv: list[str] | None = None) -> int:
             _remove_pending(args.models_dir, name)
         else:
             todo.append(name)
-    needs_fashion = [n for n in todo if n in getattr(table, "NEEDS_FASHION_MNIST", ())]
-    if needs_fashion:
-        from training.data import fashion_mnist
-
-        reason = fashion_mnist.ensure_available()
+    for needs, source in SOURCES.items():
+        needing = [n for n in todo if n in getattr(table, needs, ())]
+        reason = importlib.import_module(source).ensure_available() if needing else None
         if reason:
-            print(f"zoo: skipped {', '.join(needs_fashion)}: {reason}", flush=True)
-            for name in needs_fashion:
+            print(f"zoo: skipped {', '.join(needing)}: {reason}", flush=True)
+            for name in needing:
                 write_pending(args.models_dir, name, f"skipped: {reason}")
-            todo = [n for n in todo if n not in needs_fashion]
-    needs_npm = [n for n in todo if n in getattr(table, "NEEDS_NPM", ())]
-    if needs_npm:
-        from training import pretrained_upscalers
-
-        reason = pretrained_upscalers.ensure_available()
-        if reason:
-            print(f"zoo: skipped {', '.join(needs_npm)}: {reason}", flush=True)
-            for name in needs_npm:
-                write_pending(args.models_dir, name, f"skipped: {reason}")
-            todo = [n for n in todo if n not in needs_npm]
-    needs_scico = [n for n in todo if n in getattr(table, "NEEDS_SCICO", ())]
-    if needs_scico:
-        from training import dncnn
-
-        reason = dncnn.ensure_available()
-        if reason:
-            print(f"zoo: skipped {', '.join(needs_scico)}: {reason}", flush=True)
-            for name in needs_scico:
-                write_pending(args.models_dir, name, f"skipped: {reason}")
-            todo = [n for n in todo if n not in needs_scico]
+            todo = [n for n in todo if n not in needing]
     return build(table, todo, args.profile, args.models_dir)
 
 
