@@ -58,7 +58,10 @@ def main(
         log_config=logging_config(settings.log_level),
         access_log=False,  # the service writes its own access log, with request ids
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol with header and body deadlines, a header size limit
+        # and SERVE_MAX_CONNECTIONS (service/connections.py); named, so each worker imports
+        # it and reads its settings.
+        http="service.connections:KerveHttpToolsProtocol",
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
     )
 
