@@ -11,6 +11,7 @@ from typing import Any
 
 import fastapi
 import pydantic
+from starlette.exceptions import HTTPException
 from starlette.routing import NoMatchFound
 
 from service.errors import VersionNotFound
@@ -198,14 +199,30 @@ async def list_models(request: fastapi.Request) -> ModelList:
     return ModelList(models=[_model_info(request, name, detailed=False) for name in names])
 
 
-@router.get("/v1/models/{name}", response_model_exclude_none=True)
+def _not_a_predict_url(request: fastapi.Request) -> None:
+    """TF Serving's predict URLs (/v1/models/m:predict, .../versions/1:predict) match the
+    paths of the routes below too: a GET there is a 405 (Allow: POST), not a look-up of a
+    model "m:predict" or a version "1:predict"."""
+    if request.scope["path"].endswith(":predict"):
+        raise HTTPException(405)
+
+
+@router.get(
+    "/v1/models/{name}",
+    response_model_exclude_none=True,
+    dependencies=[fastapi.Depends(_not_a_predict_url)],
+)
 async def get_model(request: fastapi.Request, name: str) -> ModelInfo:
     """Describe one model: versions, input, labels, batching, endpoints, test metrics,
     provenance, and TF Serving's model_version_status."""
     return _model_info(request, name, detailed=True)
 
 
-@router.get("/v1/models/{name}/versions/{version}", response_model_exclude_none=True)
+@router.get(
+    "/v1/models/{name}/versions/{version}",
+    response_model_exclude_none=True,
+    dependencies=[fastapi.Depends(_not_a_predict_url)],
+)
 async def get_model_version(request: fastapi.Request, name: str, version: str) -> VersionDetail:
     """Describe one model version."""
     number = parse_version(version)

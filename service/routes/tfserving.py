@@ -54,10 +54,11 @@ PREDICT_BODY = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "signature_name": {"type": "string", "default": SIGNATURE},
-                        "instances": {"type": "array", "description": "Row format."},
+                        "signature_name": {"enum": [SIGNATURE, ""], "default": SIGNATURE},
+                        "instances": {"type": "array", "minItems": 1, "description": "Row format."},
                         "inputs": {"description": "Columnar format: a tensor, or name: tensor."},
                     },
+                    "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
                 },
                 "example": {"instances": [[0.5, 1.0, 2.0]]},
             }

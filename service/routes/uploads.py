@@ -20,13 +20,28 @@ FORM_FIELD = "file"
 
 
 class Base64Image(pydantic.BaseModel):
-    b64: str
+    b64: str = pydantic.Field(
+        description="An image file (JPEG, PNG, WebP, BMP, GIF), base64-encoded.",
+        json_schema_extra={"minLength": 1, "contentEncoding": "base64"},
+    )
 
 
 class ImagesJson(pydantic.BaseModel):
     """JSON input: one ``image`` or a list of ``images``, each ``{"b64": "..."}``."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = pydantic.ConfigDict(
+        extra="forbid",
+        # At least one image: "image", or "images" with one or more (else 400).
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["image"], "properties": {"image": {"type": "object"}}},
+                {
+                    "required": ["images"],
+                    "properties": {"images": {"type": "array", "minItems": 1}},
+                },
+            ]
+        },
+    )
 
     image: Base64Image | None = None
     images: list[Base64Image] | None = None

@@ -31,6 +31,31 @@ router = fastapi.APIRouter(tags=["v2 protocol"])
 MODEL = "/v2/models/{name}"
 VERSION = "/v2/models/{name}/versions/{version}"
 EXTENSIONS = ["binary_tensor_data"]
+INFER_BODY = {
+    "parameters": [
+        {
+            "name": v2_codec.HEADER_LENGTH,
+            "in": "header",
+            "required": False,
+            "description": "Binary tensor data extension: the bytes of JSON the body opens with.",
+            "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": v2_codec.InferenceRequest.model_json_schema()},
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "Binary tensor data extension: the JSON request, then the "
+                    "bytes of each input with parameters.binary_data_size, in order.",
+                }
+            },
+        },
+    },
+}
 
 
 @router.get("/v2")
@@ -92,8 +117,18 @@ async def model_ready(
     return {"name": runtime.name, "ready": True}
 
 
-@router.post(f"{MODEL}/infer", name="v2_infer_model", summary="Infer with the newest version")
-@router.post(f"{VERSION}/infer", name="v2_infer_version", summary="Infer with one model version")
+@router.post(
+    f"{MODEL}/infer",
+    name="v2_infer_model",
+    summary="Infer with the newest version",
+    openapi_extra=INFER_BODY,
+)
+@router.post(
+    f"{VERSION}/infer",
+    name="v2_infer_version",
+    summary="Infer with one model version",
+    openapi_extra=INFER_BODY,
+)
 @protocol_route("infer")
 async def infer(
     request: fastapi.Request, name: str, version: str | None = None
