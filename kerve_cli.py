@@ -4,6 +4,7 @@
     kerve serve --zoo fast|full [options]         and trains the missing demo models behind it
     kerve publish MODEL.keras --name N --task T   check a model, publish its next version
     kerve models [--url URL | --models-dir DIR]   models, versions and states as a table
+    kerve api-key                                 a new API key and its line for a keys file
 
 The service (and with it Keras) is imported inside the subcommands that need it,
 so that `kerve models` answers at once.
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_MODELS_DIR = os.environ.get("SERVE_MODELS_DIR", "models")
+API_KEY_VARIABLE = "KERVE_API_KEY"  # the key `kerve models --url` sends, when the server wants one
 # Tasks whose manifests need what a Keras file does not say.
 NOT_INFERABLE = {
     "captioning": "a captioner's manifest needs its vocabulary",
@@ -79,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_publish_parser(commands)
     add_models_parser(commands)
+    add_api_key_parser(commands)
     return parser
 
 
@@ -391,7 +394,8 @@ def add_models_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "models",
         help="list the models, their versions and states",
-        description="List a server's models (its GET /v1/models) or a repository folder's.",
+        description="List a server's models (its GET /v1/models) or a repository folder's. "
+        f"A server with API keys on gets the key in ${API_KEY_VARIABLE}.",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--url", help=f"a running server (default {DEFAULT_URL})")
@@ -410,8 +414,10 @@ def list_models(args: argparse.Namespace) -> int:
 
 def server_rows(url: str) -> list[list[str]]:
     address = f"{url.rstrip('/')}/v1/models"
+    key = os.environ.get(API_KEY_VARIABLE)
+    request = urllib.request.Request(address, headers={"X-API-Key": key} if key else {})
     try:
-        with urllib.request.urlopen(address, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             listing = json.load(response)
     except (OSError, ValueError) as error:  # URLError and HTTPError are OSErrors
         raise CommandError(f"cannot list the models of {address}: {one_line(error)}") from error
@@ -461,6 +467,45 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = ["  ".join([*map(str.ljust, row[:-1], widths), row[-1]]) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+# -- api-key ---------------------------------------------------------------------------------
+
+
+def add_api_key_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "api-key",
+        help="make a new API key and print its line for a keys file",
+        description="Print a new random API key, for the client, and its sha256: line for "
+        "the keys file SERVE_API_KEYS_FILE names (the server needs only the hash).",
+    )
+    parser.add_argument(
+        "--append",
+        type=Path,
+        metavar="FILE",
+        help="append the sha256: line to FILE (made if missing) and print only the key",
+    )
+    parser.set_defaults(run=make_api_key)
+
+
+def make_api_key(args: argparse.Namespace) -> int:
+    import secrets
+
+    from service.auth import hashed_line
+
+    key = secrets.token_urlsafe(32)
+    if args.append is None:
+        print(key)
+        print(hashed_line(key))
+        return 0
+    try:
+        ends_a_line = not args.append.exists() or args.append.read_bytes()[-1:] in (b"", b"\n")
+        with args.append.open("a", encoding="utf-8") as keys_file:
+            keys_file.write(("" if ends_a_line else "\n") + hashed_line(key) + "\n")
+    except OSError as error:
+        raise CommandError(f"cannot append to {args.append}: {one_line(error)}") from error
+    print(key)
+    return 0
 
 
 # -- messages --------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ result is a failure, and an overloaded server's 503 is the failure "overloaded
 /v1/models`` at start and stops if none is AVAILABLE. ``KERVE_<VERB>_MODEL``
 (``KERVE_CLASSIFY_MODEL``, ``_SEGMENT_``, ...: the verb of the task's route) names the
 model to load; without it the task's default route serves (``/v1/classify`` takes
-``imagenet-classifier`` in the demo zoo).
+``imagenet-classifier`` in the demo zoo). ``KERVE_API_KEY`` is the key a server with
+API keys on wants.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ class KerveUser(FastHttpUser):
 
     abstract = True
     wait_time = between(*WAIT_S)
+    # A server with API keys on (README, "API keys") gets KERVE_API_KEY with every request.
+    default_headers = (
+        {"X-API-Key": os.environ["KERVE_API_KEY"]} if os.environ.get("KERVE_API_KEY") else None
+    )
     tasks_needed: tuple[str, ...] | None = ()  # None: every task the server has a route for
 
     def on_start(self) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import fastapi
 
+from service import auth
 from service.metrics import CONTENT_TYPE
 from service.routes.params import get_repository
 
 router = fastapi.APIRouter(tags=["operations"])
+HIDDEN = "failed to load (send an API key to see why)"
 
 
 @router.get("/healthz")
@@ -26,8 +28,15 @@ async def check_readiness(request: fastapi.Request) -> fastapi.responses.JSONRes
     """Readiness: the first load is done and every model serves a version."""
     repository = get_repository(request)
     ready = repository.is_ready()
+    # With API keys on, a caller without one learns which versions failed, not why: the
+    # errors name files and exceptions.
+    shown = getattr(request.state, auth.VALID_KEY_STATE, True)
     failed = {
-        name: {str(e.version): e.error for e in repository.versions(name) if e.error}
+        name: {
+            str(e.version): e.error if shown else HIDDEN
+            for e in repository.versions(name)
+            if e.error
+        }
         for name in repository.model_names()
     }
     body = {

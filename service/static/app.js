@@ -26,6 +26,7 @@ const state = {
 
 const $ = (selector) => document.querySelector(selector);
 const PENDING_REFRESH_MS = 10000;
+const API_KEY_STORAGE = "kerve-api-key";
 
 function element(tag, attributes = {}, ...children) {
   const made = document.createElement(tag);
@@ -48,7 +49,7 @@ async function loadModels() {
   const select = $("#model");
   let listing;
   try {
-    const response = await fetch("/v1/models");
+    const response = await apiFetch("/v1/models");
     listing = await response.json();
     if (!response.ok) throw new Error(errorMessage(listing, response));
   } catch (error) {
@@ -152,7 +153,7 @@ function setImage(blob, name) {
 }
 
 async function loadSample(name) {
-  const response = await fetch(`/ui/samples/${name}.jpg`);
+  const response = await apiFetch(`/ui/samples/${name}.jpg`);
   setImage(await response.blob(), `${name}.jpg`);
 }
 
@@ -202,6 +203,38 @@ function gaussian() {
 
 // ---- requests -------------------------------------------------------------
 
+// Every request the page makes carries the API key entered, if any (kept in localStorage);
+// a server without keys ignores it.
+function apiFetch(url, init = {}) {
+  const key = $("#api-key").value.trim();
+  const headers = new Headers(init.headers || {});
+  if (key) headers.set("X-API-Key", key);
+  return fetch(url, { ...init, headers });
+}
+
+function apiKeyChanged() {
+  const key = $("#api-key").value.trim();
+  try {
+    if (key) localStorage.setItem(API_KEY_STORAGE, key);
+    else localStorage.removeItem(API_KEY_STORAGE);
+  } catch {
+    // storage off (a private window): the key lasts as long as the page
+  }
+  $("#api-key").classList.remove("wanted");
+  clearAnswer();
+  loadModels();
+}
+
+// A 401: the key is missing or wrong. The field is marked and focused.
+function apiKeyMessage() {
+  const field = $("#api-key");
+  field.classList.add("wanted");
+  field.focus();
+  return field.value.trim()
+    ? "The server refused this API key: enter a valid one in the API key field."
+    : "This server needs an API key: enter it in the API key field.";
+}
+
 function buildRequest(model) {
   if (model.task === "generation") {
     const body = { label: $("#label").value, count: Number($("#count").value) || 1 };
@@ -241,7 +274,7 @@ async function run() {
   document.body.classList.add("busy");
   const started = performance.now();
   try {
-    const response = await fetch(url, init);
+    const response = await apiFetch(url, init);
     const text = await response.text();
     const elapsed = performance.now() - started;
     let body = null;
@@ -264,6 +297,7 @@ async function run() {
 
 // Kerve's errors are {"error": {"code", "message"}}; the standard protocols' {"error": "..."}.
 function errorMessage(body, response, text = "") {
+  if (response.status === 401) return apiKeyMessage();
   const error = body && body.error;
   if (error && typeof error === "object" && error.message) return error.message;
   if (typeof error === "string") return error;
@@ -417,6 +451,12 @@ function formatBytes(size) {
 // ---- wiring ---------------------------------------------------------------
 
 function start() {
+  try {
+    $("#api-key").value = localStorage.getItem(API_KEY_STORAGE) || "";
+  } catch {
+    // storage off: no key remembered
+  }
+  $("#api-key").addEventListener("change", apiKeyChanged);
   $("#model").addEventListener("change", modelChanged);
   $("#file").addEventListener("change", (event) => {
     const file = event.target.files[0];

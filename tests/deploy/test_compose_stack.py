@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from service.auth import KeyRing, hashed_line
 from tests.helpers import encode, make_settings, solid, start_client, wait_ready
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -52,6 +53,37 @@ def test_prometheus_scrapes_kerve_where_compose_serves_it(compose):
     assert job["metrics_path"] == "/metrics"
     assert job["static_configs"][0]["targets"] == ["kerve:8000"]
     assert "9090:9090" in compose["services"]["prometheus"]["ports"]
+
+
+def test_kerve_takes_its_keys_from_a_secret_that_holds_none_by_default(compose, repository):
+    kerve = compose["services"]["kerve"]
+    (secret,) = kerve["secrets"]
+    env = kerve["environment"]
+    assert env["SERVE_API_KEYS_FILE"] == f"/run/secrets/{secret}"
+    source = re.fullmatch(
+        r"\$\{KERVE_API_KEYS_FILE:-(\./[\w.-]+)\}", compose["secrets"][secret]["file"]
+    )
+    default = DEPLOY / source.group(1)
+    assert not KeyRing.from_settings(make_settings(repository, api_keys_file=default))  # off
+    # The file the compose comments tell to make is never committed.
+    assert "/deploy/api-keys.txt" in (DEPLOY.parent / ".gitignore").read_text().splitlines()
+    assert "KERVE_API_KEY" in compose["services"]["locust"]["environment"]
+
+
+def test_prometheus_scrapes_kerve_when_its_keys_are_on(compose, repository, tmp_path):
+    """prometheus.yml sends no credentials: compose leaves /metrics open to it."""
+    (job,) = load_yaml(DEPLOY / "prometheus.yml")["scrape_configs"]
+    assert not {"authorization", "basic_auth"} & job.keys()
+    keys = tmp_path / "api-keys.txt"
+    keys.write_text(hashed_line("a-key") + "\n")
+    env = compose["services"]["kerve"]["environment"]
+    settings = make_settings(
+        repository, api_keys_file=keys, metrics_need_key=env["SERVE_METRICS_NEED_KEY"]
+    )
+    with start_client(settings) as client:
+        wait_ready(client)
+        assert client.get(job["metrics_path"]).status_code == 200
+        assert client.get("/v1/models").status_code == 401
 
 
 def test_grafana_provisions_the_datasource_and_the_dashboard(compose, dashboard):

@@ -189,10 +189,17 @@ def server(objects: list[dict]) -> dict:
 
 
 def environment(objects: list[dict]) -> dict[str, str]:
+    """The server's variables set to a value (those from a Secret: `from_secrets`)."""
     env = server(objects)["env"]
     names = [variable["name"] for variable in env]
     assert len(names) == len(set(names)), f"duplicate env: {names}"
-    return {variable["name"]: variable["value"] for variable in env}
+    return {variable["name"]: variable["value"] for variable in env if "valueFrom" not in variable}
+
+
+def from_secrets(objects: list[dict]) -> dict[str, dict]:
+    """The server's variables taken from a Secret: name -> its secretKeyRef."""
+    env = server(objects)["env"]
+    return {v["name"]: v["valueFrom"]["secretKeyRef"] for v in env if "valueFrom" in v}
 
 
 def mounts(objects: list[dict]) -> dict[str, tuple[dict, dict]]:
@@ -422,7 +429,9 @@ def test_gpu_overlay_takes_a_gpu_on_the_gpu_image(renders):
 def test_every_serve_variable_is_a_setting(renders):
     fields = {f"SERVE_{name.upper()}" for name in Settings.model_fields}
     for name, objects in renders.items():
-        used = {key for key in environment(objects) if key.startswith("SERVE_")}
+        used = {
+            key for key in environment(objects) | from_secrets(objects) if key.startswith("SERVE_")
+        }
         # Settings ignores unknown SERVE_ names, so a typo would pass silently there.
         assert used <= fields, f"{name}: {sorted(used - fields)}"
 
@@ -443,6 +452,23 @@ def test_every_serve_value_parses(renders, name, monkeypatch):
     assert str(settings.models_dir) == "/models"
     cpu_request = int(server(renders[name])["resources"]["requests"]["cpu"])
     assert settings.preprocess_threads == cpu_request // 2
+
+
+def test_the_api_keys_come_from_an_optional_secret(renders, monkeypatch):
+    """Keys live in a Secret, never in a manifest; a pod without the Secret starts with
+    keys off, and Prometheus, which scrapes with no credentials, can still scrape."""
+    for name, objects in renders.items():
+        assert from_secrets(objects) == {
+            "SERVE_API_KEYS": {"name": "kerve-api-keys", "key": "keys", "optional": True}
+        }, name
+        assert not {"SERVE_API_KEYS", "SERVE_API_KEYS_FILE"} & environment(objects).keys()
+    for key in [key for key in os.environ if key.startswith("SERVE_")]:
+        monkeypatch.delenv(key)
+    for key, value in environment(renders["base"]).items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()  # as the pod starts without the Secret
+    assert settings.api_keys == "" and settings.api_keys_file is None
+    assert settings.metrics_need_key is False
 
 
 # -- the Prometheus Operator ----------------------------------------------------------------------

@@ -127,6 +127,17 @@ def png_b64(width: int, height: int) -> dict:
     return {"b64": base64.b64encode(buffer.getvalue()).decode()}
 
 
+def test_the_users_send_the_api_key_they_are_given():
+    code = "from loadtest.locustfile import KerveUser; print(KerveUser.default_headers)"
+    for key, expected in (("a-key", "{'X-API-Key': 'a-key'}"), ("", "None")):
+        environment = {**os.environ, "KERVE_API_KEY": key}
+        command = [sys.executable, "-c", code]
+        shown = subprocess.run(
+            command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60
+        )
+        assert shown.stdout.strip() == expected, shown.stderr[-2000:]
+
+
 def test_status_check_names_shedding_apart_from_errors():
     assert checks.check_status(200, {}, {}) is None
     assert checks.check_status(503, {"Retry-After": "1"}, {}) == "overloaded (503)"

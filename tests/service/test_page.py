@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -247,3 +248,38 @@ def test_an_undecodable_file_shows_the_api_error(page, url, tmp_path, screenshot
     assert error.text == expected
     assert not page.find_elements(By.CSS_SELECTOR, "#result .bar")
     page.save_screenshot(str(screenshots / "error.png"))
+
+
+PAGE_KEY = "page-key-Z8rT3vQm1"
+
+
+@pytest.fixture(scope="module")
+def keyed_url(tmp_path_factory):
+    """A server with API keys on, serving the colour classifier."""
+    root = tmp_path_factory.mktemp("keyed") / "models"
+    publish_colour_classifier(root, "colours")
+    with live_server(make_settings(root, poll_interval_s=0, api_keys=PAGE_KEY)) as address:
+        yield address
+
+
+def test_with_api_keys_on_the_page_asks_for_a_key_and_sends_it(browser, keyed_url, tmp_path):
+    browser.get(f"{keyed_url}/")
+    error = wait(browser).until(expected_conditions.visibility_of_element_located((By.ID, "error")))
+    assert "needs an API key" in error.text
+    field = browser.find_element(By.ID, "api-key")
+    field.send_keys("not-the-key", Keys.TAB)
+    wait(browser).until(lambda d: "refused this API key" in d.find_element(By.ID, "error").text)
+    field.clear()
+    field.send_keys(PAGE_KEY, Keys.TAB)  # every fetch now carries it as X-API-Key
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option[value^=colours]"))
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    choose_model(browser, "colours")
+    upload(browser, write_png(tmp_path / "blue.png", solid((20, 30, 220), (32, 32))))
+    run_and_wait(browser, "#result .bar")
+    assert (
+        browser.find_elements(By.CSS_SELECTOR, "#result .bar")[0].get_attribute("data-label")
+        == "blue"
+    )
+    browser.refresh()  # the key is remembered (localStorage)
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option[value^=colours]"))
+    assert browser.find_element(By.ID, "api-key").get_attribute("value") == PAGE_KEY
