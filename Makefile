@@ -20,7 +20,7 @@ LOADTEST_REPORTS := loadtest/reports
 BENCH_TASK ?= all        # `make bench BENCH_TASK=classify`: one task (classify, segment, caption, denoise, generate)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: serve models test lint bench bench-peers loadtest loadtest-ramp clean
+.PHONY: serve models test lint bench bench-peers check-robustness loadtest loadtest-ramp clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,10 +41,17 @@ serve: $(VENV)/.installed-serve
 models: $(VENV)/.installed-serve
 	$(PY) -m training.zoo --profile $(strip $(PROFILE)) --models-dir $(MODELS_DIR)
 
-# Everything on TensorFlow, then the service again on JAX (models saved under TensorFlow).
+# The service's tests that never run a model through the backend (HTTP, connections,
+# keys, admission, images, the page, the schema, processes): the JAX pass leaves them out.
+BACKEND_AGNOSTIC := test_admission test_auth test_cli test_connections test_decoding \
+    test_imaging test_openapi test_page test_tiling test_workers
+
+# Everything on TensorFlow, then the service again on JAX (models saved under TensorFlow),
+# then schemathesis against the OpenAPI document (tests/schema).
 test: $(VENV)/.installed-test
 	$(PY) -m pytest
-	KERAS_BACKEND=jax $(PY) -m pytest tests/service
+	KERAS_BACKEND=jax $(PY) -m pytest tests/service $(BACKEND_AGNOSTIC:%=--ignore=tests/service/%.py)
+	$(PY) -m tests.schema.run_schemathesis
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
@@ -82,6 +89,12 @@ bench: $(VENV)/.installed-bench bench-peers
 	$(PY) -m training.zoo --profile $(strip $(PROFILE)) --models-dir $(MODELS_DIR) --if-missing
 	$(PY) -m bench --task $(strip $(BENCH_TASK)) --models-dir $(MODELS_DIR) \
 	    --docs docs/BENCHMARKS.md --img-dir docs/img --readme README.md
+
+# Open-loop overload at 5x the classifier's capacity for 60 s, and the isolation checks of
+# issue 22 (bench/robustness.py); fills the Robustness section of docs/BENCHMARKS.md.
+check-robustness: $(VENV)/.installed-bench
+	$(PY) -m training.zoo --profile $(strip $(PROFILE)) --models-dir $(MODELS_DIR) --if-missing
+	$(PY) -m bench.robustness --models-dir $(MODELS_DIR) --docs docs/BENCHMARKS.md
 
 loadtest: $(VENV)/.installed-test
 	@mkdir -p $(LOADTEST_REPORTS)

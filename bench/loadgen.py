@@ -49,22 +49,26 @@ class LoadResult:
         }
 
 
-def _request_bytes(host: str, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+def request_bytes(host: str, path: str, body: bytes, headers: dict[str, str]) -> bytes:
     lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """(status, body, whether the server closes the connection after it)."""
     status = int((await reader.readline()).split()[1])
-    length = None
+    length, closing = None, False
     while (line := await reader.readline()) not in (b"\r\n", b""):
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"content-length":
             length = int(value)
+        elif name == b"connection":
+            closing = value.strip().lower() == b"close"
     if length is None:
         raise RuntimeError("the load generator needs responses with a Content-Length")
-    return status, await reader.readexactly(length)
+    return status, await reader.readexactly(length), closing
 
 
 async def _client(url, requests, stop_at, warm_until, result: LoadResult) -> None:
@@ -76,7 +80,7 @@ async def _client(url, requests, stop_at, warm_until, result: LoadResult) -> Non
             if started >= stop_at:
                 return
             writer.write(request)
-            status, _ = await _read_response(reader)
+            status, _, _ = await read_response(reader)
             finished = time.perf_counter()
             if started < warm_until:
                 continue  # warm-up requests are not counted
@@ -95,7 +99,7 @@ async def _run(url, bodies, headers, concurrency, seconds, warmup_s) -> LoadResu
     # fraction of what a full client library does, so the server gets the machine.
     target = httpx.URL(url)
     path = target.raw_path.decode()
-    requests = [_request_bytes(target.host, path, body, headers) for body in bodies]
+    requests = [request_bytes(target.host, path, body, headers) for body in bodies]
     result = LoadResult(concurrency, seconds, 0, 0, [])
     now = time.perf_counter()
     warm_until, stop_at = now + warmup_s, now + warmup_s + seconds

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import importlib.resources
 import logging
+import re
 
 import fastapi
 from fastapi.exceptions import RequestValidationError
@@ -13,14 +13,18 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 
 import kerve_backend
 from kerve_backend import keras
-from service import logs, openapi
+from service import auth, logs, openapi
+from service.admission import Admission
 from service.errors import (
     BadRequest,
     ClientDisconnected,
+    DeadlineExceeded,
     ServiceError,
+    Unavailable,
     UnsupportedMediaType,
 )
 from service.metrics import Metrics
@@ -41,17 +45,20 @@ def create_app(settings: Settings | None = None) -> fastapi.FastAPI:
     async def lifespan(app: fastapi.FastAPI):
         devices = ", ".join(kerve_backend.devices())
         logger.info("Keras backend %s, devices: %s", keras.backend.backend(), devices)
-        pool = concurrent.futures.ThreadPoolExecutor(
-            settings.preprocess_threads, thread_name_prefix="preprocess"
+        admission = Admission.create(
+            settings.preprocess_threads,
+            settings.max_pixels_in_flight,
+            settings.retry_after_s,
+            metrics.pixels_in_flight,
         )
-        repository = ModelRepository(settings, metrics, pool)
+        repository = ModelRepository(settings, metrics, admission)
         app.state.repository = repository
         await repository.start()
         try:
             yield
         finally:
             await repository.stop()
-            pool.shutdown(wait=True)
+            admission.pool.shutdown(wait=True)
 
     app = fastapi.FastAPI(
         title="Kerve",
@@ -64,6 +71,8 @@ def create_app(settings: Settings | None = None) -> fastapi.FastAPI:
     app.openapi = lambda: openapi.document(app)  # Kerve's errors, every $ref resolving
     app.state.settings = settings
     app.state.metrics = metrics
+    # Added first, so it runs inside the request context: a 401 has its id and its metrics.
+    app.state.api_keys = auth.install(app, settings)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
     )
@@ -125,7 +134,11 @@ def _error(
 
 
 async def _service_error(request: fastapi.Request, error: ServiceError):
-    if error.status_code >= 500:
+    if isinstance(error, Unavailable | DeadlineExceeded):
+        # Overload's answers, counted in the metrics: a warning line for each of thousands
+        # a second would cost the event loop that is refusing them.
+        logger.info("%s: %s", error.code, error.message)
+    elif error.status_code >= 500:
         logger.warning("%s: %s", error.code, error.message)
     return _error(error.status_code, error.code, error.message, error.headers, request)
 
@@ -163,7 +176,24 @@ async def _http_error(request: fastapi.Request, error: HTTPException):
         return await _client_gone(request, error.__cause__)
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
     headers = getattr(error, "headers", None)
+    if error.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers = {**(headers or {}), "Allow": allowed}
     return _error(error.status_code, code, str(error.detail), headers, request)
+
+
+def _allowed_methods(request: fastapi.Request) -> str:
+    """A 405's Allow: the methods of the most specific routes whose path matches, those
+    with the most literal characters. Starlette names the first route's alone, so
+    /v1/models/m:predict said GET (GET /v1/models/{name} matches it too) and not POST."""
+    path = request.scope.get("path", "")
+    matching = [
+        (len(re.sub(r"{[^}]*}", "", route.path_format)), route.methods)
+        for route in request.app.router.routes
+        if isinstance(route, Route) and route.methods and route.path_regex.match(path)
+    ]
+    most = max((literal for literal, _ in matching), default=0)
+    allowed = {method for literal, methods in matching if literal == most for method in methods}
+    return ", ".join(sorted(allowed))
 
 
 async def _client_gone(request: fastapi.Request, error: ClientDisconnect):

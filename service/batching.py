@@ -29,6 +29,7 @@ from service.errors import (
 from service.metrics import ModelMetrics
 
 logger = logging.getLogger(__name__)
+FULL_BATCH_SMOOTHING = 0.2  # weight of the newest full batch's time in the moving average
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +100,9 @@ class Batcher:
         self._arrival = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
+        # The model's time for a full batch as it runs now (CPU shared with decoding, say),
+        # a moving average: what admission expects the samples queued ahead to take.
+        self.full_batch_seconds = self._batch_seconds.get(config.max_batch_size, 0.0)
 
     @property
     def queued_samples(self) -> int:
@@ -114,8 +118,9 @@ class Batcher:
         if self._task is not None:
             await self._task
 
-    async def submit(self, samples: np.ndarray) -> np.ndarray:
-        """Queue ``samples`` and wait for the model's outputs for them, in order."""
+    async def submit(self, samples: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """Queue ``samples`` and wait for the model's outputs for them, in order, until
+        ``deadline`` (time.monotonic(); by default ``timeout_ms`` from now)."""
         num_samples = len(samples)
         if num_samples == 0:
             raise ValueError("submit() needs at least one sample")
@@ -136,8 +141,11 @@ class Batcher:
         self._queue.append(request)
         self._set_queued(self._queued + num_samples)
         self._arrival.set()
+        timeout_s = self.config.timeout_ms / 1000
+        if deadline is not None:
+            timeout_s = deadline - time.monotonic()
         try:
-            return await asyncio.wait_for(request.future, self.config.timeout_ms / 1000)
+            return await asyncio.wait_for(request.future, timeout_s)
         except TimeoutError:
             if self._metrics:
                 self._metrics.timeouts.inc()
@@ -276,8 +284,11 @@ class Batcher:
     def _call_model(self, samples: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
         outputs = self._predict(samples)
+        elapsed = time.perf_counter() - started
+        if len(samples) == self.config.max_batch_size:  # a float's store is atomic
+            self.full_batch_seconds += FULL_BATCH_SMOOTHING * (elapsed - self.full_batch_seconds)
         if self._metrics:
-            self._metrics.inference_time.observe(time.perf_counter() - started)
+            self._metrics.inference_time.observe(elapsed)
         if not isinstance(outputs, np.ndarray) or len(outputs) != len(samples):
             length = len(outputs) if hasattr(outputs, "__len__") else "no"
             raise ValueError(f"the model returned {length} outputs for {len(samples)} samples")

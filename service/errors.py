@@ -26,6 +26,16 @@ class WrongTask(BadRequest):
     code = "wrong_task"
 
 
+class Unauthorized(ServiceError):
+    """401: no valid API key (service/auth.py); the challenge says how to send one."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="kerve"'})
+
+
 class ModelNotFound(ServiceError):
     status_code = 404
     code = "model_not_found"

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from kerve_manifest import InputSpec
+from service import deadlines
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF"})
@@ -25,6 +26,7 @@ BACKGROUND = (255, 255, 255)  # what transparent pixels become
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PROGRESSIVE_FRAMES = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 ARITHMETIC_FRAMES = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+OVERLAY_BAND_ROWS = 128  # rows blended at a time
 SMALL_PNG_PIXELS = 64 * 64  # up to this, encode_png writes the PNG itself
 SMALL_PNG_COLOUR_TYPES = {"L": 0, "RGB": 2}  # Pillow mode -> PNG colour type (8 bits)
 
@@ -39,6 +41,31 @@ def decode_image(data: bytes, max_pixels: int, target_size: tuple[int, int] | No
     ``target_size`` (width, height) lets a large JPEG decode at a reduced scale
     (libjpeg DCT scaling), never below that size.
     """
+    deadlines.check()  # a request with many images stops between two once its time is up
+    image = _open(data, max_pixels, target_size)
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        raise InvalidImage("the image data is truncated or corrupt") from error
+    orientation = _exif_orientation(image)  # after load: a PNG's EXIF may follow its pixels
+    if orientation is not None and orientation != 1:
+        image = ImageOps.exif_transpose(image)
+    return image
+
+
+def decoded_size(
+    data: bytes, max_pixels: int, target_size: tuple[int, int] | None = None
+) -> tuple[int, int, str]:
+    """(width, height, mode) that ``decode_image`` will give, from the header alone (before
+    EXIF rotation, which keeps the pixel count): what admission weighs a request by. It
+    refuses what decoding would (400, 413, 415), at a fraction of a millisecond."""
+    image = _open(data, max_pixels, target_size)
+    return (*image.size, image.mode)
+
+
+def _open(data: bytes, max_pixels: int, target_size: tuple[int, int] | None):
+    """The image, opened but not decoded (its header checked); a JPEG set to decode at a
+    reduced scale if ``target_size`` allows."""
     if not data:
         raise InvalidImage("the image is empty (0 bytes)")
     try:
@@ -58,18 +85,12 @@ def decode_image(data: bytes, max_pixels: int, target_size: tuple[int, int] | No
         )
     if image.format in ("JPEG", "MPO"):
         _check_jpeg_holds_its_size(data, width, height)
-    orientation = _exif_orientation(image)
     if target_size is not None and isinstance(image, JpegImagePlugin.JpegImageFile):
         draft_width, draft_height = target_size
-        if orientation in TRANSPOSING_ORIENTATIONS:
+        # A JPEG's EXIF is in its header (a PNG's getexif() would decode the whole image).
+        if _exif_orientation(image) in TRANSPOSING_ORIENTATIONS:
             draft_width, draft_height = draft_height, draft_width
         image.draft(image.mode, (draft_width, draft_height))
-    try:
-        image.load()
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-        raise InvalidImage("the image data is truncated or corrupt") from error
-    if orientation is not None and orientation != 1:
-        image = ImageOps.exif_transpose(image)
     return image
 
 
@@ -186,11 +207,23 @@ def mask_image(mask: np.ndarray, palette: np.ndarray) -> Image.Image:
 
 
 def overlay(image: Image.Image, mask: Image.Image, opacity: float = 0.5) -> Image.Image:
-    """The mask's colours blended over ``image`` (RGB, same size) where the class is not 0."""
-    colours = mask.convert("RGB")
-    blended = Image.blend(image, colours, opacity)
-    foreground = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255, "L")
-    return Image.composite(blended, image, foreground)
+    """The mask's colours blended over ``image`` (RGB, same size) where the class is not 0.
+
+    Built band by band: beside the image and the mask only the answer is full size. A
+    whole-image blend and composite held five more full-size copies, and 32 overlays of
+    40-megapixel images at once took a server from 1.8 to 7.0 GB.
+    """
+    palette = np.asarray(mask.getpalette(), np.uint8).reshape(-1, 3)
+    result = Image.new("RGB", image.size)
+    for top in range(0, image.height, OVERLAY_BAND_ROWS):
+        box = (0, top, image.width, min(top + OVERLAY_BAND_ROWS, image.height))
+        pixels = np.asarray(image.crop(box))
+        classes = np.asarray(mask.crop(box))
+        # As Image.blend: the image plus opacity times the difference, truncated.
+        blended = pixels + opacity * (palette[classes].astype(np.float32) - pixels)
+        band = np.where((classes > 0)[..., np.newaxis], blended.astype(np.uint8), pixels)
+        result.paste(Image.fromarray(band, "RGB"), box[:2])
+    return result
 
 
 def encode_png(image: Image.Image) -> bytes:

@@ -111,6 +111,12 @@ class Metrics:
             MODEL_LABELS,
             registry=registry,
         )
+        self.pixels_in_flight = Gauge(
+            "kerve_pixels_in_flight",
+            "Decoded pixels held by the requests in flight (SERVE_MAX_PIXELS_IN_FLIGHT).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.model_loaded = Gauge(
             "kerve_model_loaded",
             "1 while a model version is loaded and serving.",

@@ -9,7 +9,7 @@ import os
 import random
 import time
 
-from service import logs
+from service import deadlines, logs
 from service.errors import PayloadTooLarge, ServiceError, Unavailable
 from service.metrics import Metrics
 
@@ -34,6 +34,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        deadlines.stamp_arrival()  # a request's deadline runs from here
         headers = dict(scope["headers"])
         request_id = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1")[:128] or _new_id()
         logs.request_id.set(request_id)

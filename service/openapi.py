@@ -17,6 +17,9 @@ import pydantic
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
+from service import auth
+from service.middleware import _speaks_a_protocol
+
 
 class ErrorDetail(pydantic.BaseModel):
     code: str = pydantic.Field(description="Stable, for programs: invalid_image, overloaded, ...")
@@ -52,6 +55,10 @@ DESCRIPTIONS = {
 ALWAYS = (500,)
 ON_A_MODEL = (400, 404, 503)  # a route that names a model: a bad version, unknown, not ready
 ON_A_BODY = (400, 404, 413, 415, 422, 503, 504)  # a route that runs a model on a body
+SECURITY_SCHEMES = {  # either one (service/auth.py)
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <key>"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
 READINESS = frozenset({"/readyz", "/v2/health/ready"})  # 503 in their own body, not an error
 
 
@@ -73,10 +80,28 @@ def document(app: fastapi.FastAPI) -> dict[str, Any]:
                 for method in route.methods:
                     operation = schema["paths"][route.path_format][method.lower()]
                     _add_errors(operation, route)
+                    _describe_versions(operation)
         for unused in ("HTTPValidationError", "ValidationError"):
             components.pop(unused, None)
+        if getattr(app.state, "api_keys", None):  # keys on: /docs gets an Authorize button
+            _add_security(schema, app.state.settings.metrics_need_key)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _describe_versions(operation: dict) -> None:
+    """A ``version`` parameter as the routes read it (``routes.params.parse_version``): a
+    positive integer of at most 18 digits; in a query, empty is the newest."""
+    for parameter in operation.get("parameters", []):
+        if parameter["name"] == "version" and parameter["in"] in ("path", "query"):
+            digits = "0*[1-9][0-9]*" if parameter["in"] == "path" else "(0*[1-9][0-9]*)?"
+            parameter["schema"] = {
+                "type": "string",
+                "pattern": f"^{digits}$",
+                "maxLength": 18,
+                "description": "A version number, 1 or more."
+                + ("" if parameter["in"] == "path" else " Omitted or empty: the newest."),
+            }
 
 
 def _add_errors(operation: dict, route: APIRoute) -> None:
@@ -98,6 +123,23 @@ def _add_errors(operation: dict, route: APIRoute) -> None:
         if status != 503 or not readiness:
             described["content"] = {
                 "application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}
+            }
+
+
+def _add_security(schema: dict, metrics_need_key: bool) -> None:
+    """The API key schemes, and a 401 on every operation that needs a key."""
+    schema["components"]["securitySchemes"] = SECURITY_SCHEMES
+    for path, operations in schema["paths"].items():
+        if auth.is_open(path, metrics_need_key):
+            continue
+        shape = "ProtocolError" if _speaks_a_protocol(path) else "Error"  # as the 401 is sent
+        for operation in operations.values():
+            operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
+            operation["responses"]["401"] = {
+                "description": DESCRIPTIONS[401],
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}
+                },
             }
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import keras
 
 import kerve_manifest
+from service.admission import Admission
 from service.batching import BatchConfig
 from service.engines import EngineConfig
 from service.errors import ModelNotFound, NotReady, VersionNotFound, WrongTask
@@ -72,13 +73,11 @@ class ModelVersion:
 
 
 class ModelRepository:
-    def __init__(
-        self, settings: Settings, metrics: Metrics, pool: concurrent.futures.Executor
-    ) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, admission: Admission) -> None:
         self.settings = settings
         self.root = Path(settings.models_dir)
         self._metrics = metrics
-        self._pool = pool
+        self._admission = admission
         self._models: dict[str, dict[int, ModelVersion]] = {}
         # One load at a time: loading and warm-up are CPU-heavy and must not
         # starve the versions that are serving.
@@ -198,7 +197,7 @@ class ModelRepository:
             self._metrics.load_failures.labels(model=name, version=str(version)).inc()
             logger.error("model %s version %d failed to load: %s", name, version, detail)
             return entry
-        entry.runtime.start(self._pool, self.settings.retry_after_s)
+        entry.runtime.start(self._admission)
         _freeze_heap()
         entry.state = VersionState.AVAILABLE
         entry.loaded_at = time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import io
 import os
@@ -23,6 +24,7 @@ from PIL import Image  # noqa: E402
 
 import kerve_manifest  # noqa: E402
 from bench.server import free_port  # noqa: E402
+from service.admission import Admission, PixelBudget  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.settings import BatchingOverride, Settings  # noqa: E402
 from training import export  # noqa: E402
@@ -439,6 +441,17 @@ def publish_tensor_model(repository: Path, name: str = "pair", **batching) -> Pa
         description="test model: two named inputs, two named outputs",
     )
     return export.publish(build_tensor_model(), manifest, repository, name)
+
+
+async def serving(runtime, work):
+    """Run ``work(runtime)`` while a runtime built outside a server serves, on a pool of its
+    own with an unbounded pixel budget."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runtime.start(Admission(pool, PixelBudget(10**12)))
+        try:
+            return await work(runtime)
+        finally:
+            await runtime.stop()
 
 
 @contextlib.contextmanager

@@ -18,8 +18,8 @@ import abc
 import asyncio
 import base64
 import concurrent.futures
+import contextvars
 import dataclasses
-import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,10 +31,11 @@ import pydantic
 from PIL import Image
 
 from kerve_manifest import BaseManifest, InputSpec
-from service import imaging, tensors
+from service import deadlines, imaging, tensors
+from service.admission import Admission, Cost
 from service.batching import BatchConfig, Batcher
 from service.engines import Engine, EngineConfig, KerasEngine
-from service.errors import BadRequest
+from service.errors import BadRequest, DeadlineExceeded, Overloaded, PayloadTooLarge
 from service.metrics import ModelMetrics
 from service.runtimes import engine_choice
 
@@ -129,9 +130,11 @@ class Runtime(abc.ABC):
         )
         self.batch_seconds: dict[int, float] = {}  # model time per padded size, at warm-up
         self._batcher: Batcher | None = None
-        self._pool: concurrent.futures.Executor | None = None
+        self._admission: Admission | None = None
+        self._lanes: asyncio.Semaphore | None = None  # this model's share of the decode pool
         self._in_flight = 0
         self._preprocessing = 0  # requests the batcher can expect soon
+        self._admitted_samples = 0  # samples of admitted requests not yet in the batch queue
         self._idle = asyncio.Event()
         self.tensor_inputs: list[tensors.TensorSpec] = []  # set by warm_up
         self.tensor_outputs: list[tensors.TensorSpec] = []
@@ -152,6 +155,34 @@ class Runtime(abc.ABC):
     def images_asked(cls, params: pydantic.BaseModel) -> int:
         """Images a request without image uploads asks to be made (held to the server's limit)."""
         return 0
+
+    def cost(self, request: Any) -> Cost:
+        """What ``request`` will take (service/admission.py), from image headers alone: it
+        refuses what decoding would (400, 413, 415) before anything is decoded. By default
+        one sample and no pixels."""
+        return Cost()
+
+    def sample_images_cost(self, images: list[bytes] | np.ndarray) -> Cost:
+        """Images made into samples of the manifest's input (``imaging.load_sample``): the
+        pixels each decodes to (a large JPEG at a reduced scale), one sample each."""
+        spec = self.manifest.input
+        target = (spec.width, spec.height)
+        sizes = [imaging.decoded_size(data, self.max_image_pixels, target) for data in images]
+        return Cost(sum(width * height for width, height, _ in sizes), len(images))
+
+    def tensors_cost(self, inputs: dict[str, np.ndarray]) -> Cost:
+        """What named input batches (the standard protocols) will take: their rows, or the
+        images of an encoded-images tensor."""
+        images = self._encoded_input(inputs)
+        if images is not None and self.takes_encoded_images:
+            if images.ndim == 1 and all(isinstance(data, bytes) for data in images):
+                return self.encoded_images_cost(images)
+            return Cost()  # refused with its reason when joined
+        rows = [len(array) for array in inputs.values() if np.ndim(array)]
+        return Cost(0, max(rows, default=1))
+
+    def encoded_images_cost(self, images: np.ndarray) -> Cost:
+        return self.sample_images_cost(images)
 
     def check_samples(self, samples: np.ndarray) -> None:  # noqa: B027 - a hook
         """Refuse (BadRequest) samples sent as tensors that ``predict_batch`` cannot take."""
@@ -254,16 +285,17 @@ class Runtime(abc.ABC):
             seconds[size] = _timed(self.predict_batch, samples)
         return seconds
 
-    def start(self, pool: concurrent.futures.Executor, retry_after_s: int) -> None:
+    def start(self, admission: Admission) -> None:
         """Begin serving (called on the event loop once loaded and warmed up)."""
-        self._pool = pool
+        self._admission = admission
+        self._lanes = asyncio.Semaphore(admission.lanes_per_model)
         self._idle.set()
         self._batcher = Batcher(
             self.predict_batch,
             self.batching,
             self._inference_thread,
             self.metrics,
-            retry_after_s,
+            admission.retry_after_s,
             arriving=lambda: self._preprocessing,
             batch_seconds=self.batch_seconds,
         )
@@ -281,17 +313,24 @@ class Runtime(abc.ABC):
     # -- serving ---------------------------------------------------------------
     async def infer(self, request: Any) -> Any:
         """Serve one request: preprocess, batched predict, postprocess."""
-        return await self._serve(self.preprocess, self.postprocess, request)
+        return await self._serve(self.preprocess, self.postprocess, request, self.cost)
 
     async def infer_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Serve named input batches (the standard protocols), sharing batches with ``infer``."""
-        return await self._serve(self._join_tensors, self._split_tensors, inputs)
+        return await self._serve(self._join_tensors, self._split_tensors, inputs, self.tensors_cost)
 
-    def _join_tensors(self, inputs: dict[str, np.ndarray]) -> Prepared:
+    def _encoded_input(self, inputs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The single input's tensor when it holds encoded images (BYTES), else None."""
         specs = self.tensor_inputs
         if len(specs) == 1 and specs[0].name in inputs and inputs[specs[0].name].dtype == object:
-            return Prepared(self._encoded_images(inputs[specs[0].name]))
-        samples = tensors.join(specs, inputs, structured=self._structured_samples)
+            return inputs[specs[0].name]
+        return None
+
+    def _join_tensors(self, inputs: dict[str, np.ndarray]) -> Prepared:
+        images = self._encoded_input(inputs)
+        if images is not None:
+            return Prepared(self._encoded_images(images))
+        samples = tensors.join(self.tensor_inputs, inputs, structured=self._structured_samples)
         self.check_samples(samples)
         return Prepared(samples)
 
@@ -306,31 +345,122 @@ class Runtime(abc.ABC):
     def _split_tensors(self, outputs: np.ndarray, inputs: Any, context: Any) -> dict:
         return tensors.split(self.tensor_outputs, outputs)
 
-    async def _serve(self, preprocess: Callable, postprocess: Callable, request: Any) -> Any:
-        if self._batcher is None:
+    async def _serve(
+        self, preprocess: Callable, postprocess: Callable, request: Any, cost_of: Callable
+    ) -> Any:
+        """Admit (service/admission.py), then preprocess in one of this model's lanes of the
+        shared pool, batched predict and postprocess, all within the request's deadline."""
+        if self._batcher is None or self._admission is None:
             raise RuntimeError("infer() before start()")
+        deadline = deadlines.start(self.batching.timeout_ms)
+        cost = cost_of(request)
+        self._admit(cost, deadline)
+        hold = self._admission.budget.take(cost.pixels)
         self._in_flight += 1
         self._idle.clear()
+        self._admitted_samples += cost.samples
+        admitted = cost.samples
         try:
             self._preprocessing += 1
             try:
-                prepared = await self._in_pool(self.metrics.preprocess_time, preprocess, request)
+                prepared = await self._decode(preprocess, request, hold, deadline)
             finally:
                 self._preprocessing -= 1
-            outputs = await self._batcher.submit(prepared.samples)
+                self._admitted_samples -= admitted
+                admitted = 0
+            outputs = await self._batcher.submit(prepared.samples, deadline)
             return await self._in_pool(
-                self.metrics.postprocess_time, postprocess, outputs, request, prepared.context
+                self.metrics.postprocess_time, hold, postprocess, outputs, request, prepared.context
             )
         finally:
+            self._admitted_samples -= admitted
+            hold.answered()
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
 
-    async def _in_pool(self, histogram, function: Callable, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
+    def _admit(self, cost: Cost, deadline: float) -> None:
+        """Refuse at once what this model cannot serve by ``deadline``: 413 if it never
+        could, 503 if not now (its queue is full, or the work ahead would make it late)."""
+        config, retry_after_s = self.batching, self._admission.retry_after_s
+        if cost.samples > config.max_queue:
+            raise PayloadTooLarge(
+                f"the request is {cost.samples} samples for model {self.name!r}, "
+                f"which queues at most {config.max_queue}"
+            )
+        ahead = self._batcher.queued_samples + self._admitted_samples
+        if ahead + cost.samples > config.max_queue:
+            self.metrics.rejected.inc()
+            raise Overloaded("the model's queue is full; retry later", retry_after_s)
+        if deadlines.remaining(deadline) <= 0:  # reading the body took it all
+            self.metrics.timeouts.inc()
+            raise DeadlineExceeded(
+                f"the request's {config.timeout_ms:g} ms deadline passed while it was read"
+            )
+        per_sample_s = self.seconds_per_sample
+        alone_s = cost.samples * per_sample_s
+        if alone_s > config.timeout_ms / 1000:
+            raise PayloadTooLarge(
+                f"the request is {cost.samples} samples, about {alone_s:.1f} s of model "
+                f"{self.name!r}'s time; its deadline is {config.timeout_ms / 1000:g} s"
+            )
+        # The work ahead at the pace full batches run now (slower than at load, when
+        # decoding shares the CPU), not less than that.
+        pace_s = max(self._batcher.full_batch_seconds / config.max_batch_size, per_sample_s)
+        if (ahead + cost.samples) * pace_s > deadlines.remaining(deadline):
+            self.metrics.rejected.inc()
+            raise Overloaded(
+                "the work queued ahead would carry the request past its deadline; retry later",
+                retry_after_s,
+            )
+
+    @property
+    def seconds_per_sample(self) -> float:
+        """The model's time per sample in a full batch, as timed at load (0 if not timed)."""
+        size = self.batching.max_batch_size
+        return self.batch_seconds.get(size, 0.0) / size
+
+    async def _decode(self, preprocess: Callable, request: Any, hold, deadline: float) -> Prepared:
+        """``preprocess`` in one of this model's lanes, given up (504) at the deadline: the
+        lane and the pixels stay taken until the thread is done with them."""
+        if not self._lanes.locked():
+            await self._lanes.acquire()  # at once: no timer needed
+        else:
+            try:
+                await asyncio.wait_for(self._lanes.acquire(), deadlines.remaining(deadline))
+            except TimeoutError:
+                self.metrics.timeouts.inc()
+                raise DeadlineExceeded("no decoding thread was free before the deadline") from None
         try:
-            return await loop.run_in_executor(self._pool, functools.partial(function, *args))
+            work = self._in_pool(self.metrics.preprocess_time, hold, preprocess, request)
+            running = asyncio.ensure_future(work)
+        except BaseException:
+            self._lanes.release()
+            raise
+        running.add_done_callback(self._leave_lane)
+        try:
+            return await asyncio.wait_for(asyncio.shield(running), deadlines.remaining(deadline))
+        except TimeoutError:
+            self.metrics.timeouts.inc()
+            raise DeadlineExceeded(
+                f"the request was still being decoded at its "
+                f"{self.batching.timeout_ms:g} ms deadline"
+            ) from None
+
+    def _leave_lane(self, running: asyncio.Future) -> None:
+        self._lanes.release()
+        if not running.cancelled():
+            running.exception()  # retrieved: a decode given up at its deadline may fail later
+
+    async def _in_pool(self, histogram, hold, function: Callable, *args: Any) -> Any:
+        """``function`` on the shared pool, in a copy of the request's context (its id and
+        deadline), holding the request's pixels until it returns."""
+        started = time.perf_counter()
+        context = contextvars.copy_context()
+        future = self._admission.pool.submit(context.run, function, *args)
+        hold.working_on(future)
+        try:
+            return await asyncio.wrap_future(future)
         finally:
             histogram.observe(time.perf_counter() - started)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pydantic
 
 from service import decoding, imaging
+from service.admission import Cost
 from service.batching import BatchConfig
 from service.errors import BadRequest
 from service.runtimes.base import Agreement, Prepared, Runtime
@@ -96,6 +97,9 @@ class CaptioningRuntime(Runtime):
     @classmethod
     def make_request(cls, params: CaptionParams, images: list[bytes]) -> CaptionRequest:
         return CaptionRequest(images, params.beam_size, params.max_length)
+
+    def cost(self, request: CaptionRequest) -> Cost:
+        return self.sample_images_cost(request.images)
 
     def options(self, request: CaptionRequest) -> tuple[int, int]:
         limit = self.manifest.text.max_length

@@ -8,6 +8,7 @@ import numpy as np
 import pydantic
 
 from service import imaging
+from service.admission import Cost
 from service.errors import BadRequest
 from service.runtimes.base import Agreement, Prepared, Runtime, forward_blank
 
@@ -54,6 +55,9 @@ class ClassificationRuntime(Runtime):
     @classmethod
     def make_request(cls, params: ClassifyParams, images: list[bytes]) -> ClassifyRequest:
         return ClassifyRequest(images, params.top_k)
+
+    def cost(self, request: ClassifyRequest) -> Cost:
+        return self.sample_images_cost(request.images)
 
     @classmethod
     def validate(cls, model, manifest) -> None:

@@ -20,11 +20,15 @@ import pydantic
 from PIL import Image
 
 from service import imaging
-from service.errors import BadRequest, PayloadTooLarge
+from service.admission import Cost
+from service.errors import BadRequest
 from service.runtimes.base import Agreement, PngBody, PngImage, Prepared, Runtime, relative_error
 
 MAX_COUNT = 64  # images per request
-MAX_SEED = 2**63 - 1 - MAX_COUNT  # every image's seed s + i still fits an int64
+# Every image's seed s + i is an exact JSON number (RFC 8259's interoperable integers, below
+# 2**53): a JavaScript client, or a validator reading numbers as doubles (schemathesis took
+# 2**63 + 191 for 2**63 - 65, the old bound), sees the seed the server does.
+MAX_SEED = 2**53 - 1 - MAX_COUNT
 MIN_TRUNCATION, MAX_TRUNCATION = 0.1, 4.0  # below 0.1 resampling takes many rounds
 RANDOM_SEEDS = 2**31  # a seed drawn for the client is below this: short to type back
 GRID_GAP = 2  # pixels of background (0) between the images of a PNG grid
@@ -41,6 +45,11 @@ def _integral(value: Any) -> Any:
 
 # An integer as JSON Schema has it: strict otherwise, so "7", 7.5 and true are refused.
 JsonInt = Annotated[int, pydantic.Strict(), pydantic.BeforeValidator(_integral)]
+# Its bounds before the validator: after it (as on `JsonInt | None`) pydantic still checks them
+# but documents "ge"/"le", which JSON Schema ignores (schemathesis sent seed -1).
+Seed = Annotated[
+    int, pydantic.Strict(), pydantic.Field(ge=0, le=MAX_SEED), pydantic.BeforeValidator(_integral)
+]
 # A bool passes here and is refused with the model's labels (400), like any label the
 # model does not have; "7" is the name "7", not the index.
 Label = Annotated[
@@ -73,10 +82,8 @@ class GenerateRequest(pydantic.BaseModel):
         description=f"Images to make, 1 to {MAX_COUNT} (and at most the server's "
         "max_images_per_request).",
     )
-    seed: JsonInt | None = pydantic.Field(
+    seed: Seed | None = pydantic.Field(
         default=None,
-        ge=0,
-        le=MAX_SEED,
         description="Image i is made from seed + i alone, so equal seeds give equal images. "
         "Omitted: drawn at random and reported.",
     )
@@ -188,12 +195,11 @@ class GenerationRuntime(Runtime):
             f"{len(labels) - 1}: {listed}{more}"
         )
 
+    def cost(self, request: GenerateRequest) -> Cost:
+        spec = self.manifest.input
+        return Cost(request.count * spec.height * spec.width, request.count)
+
     def preprocess(self, request: GenerateRequest) -> Prepared:
-        if request.count > self.batching.max_queue:
-            raise PayloadTooLarge(
-                f"{request.count} images asked of model {self.name!r}, which queues at most "
-                f"{self.batching.max_queue}"
-            )
         index = self.label_index(request.label)
         seed = secrets.randbelow(RANDOM_SEEDS) if request.seed is None else request.seed
         samples = self.blank_samples(request.count)

@@ -9,6 +9,7 @@ import pydantic
 from PIL import Image
 
 from service import imaging
+from service.admission import Cost
 from service.runtimes.base import Agreement, PngBody, PngImage, Prepared, Runtime, forward_blank
 
 MAX_CLASSES = 256  # one byte per mask pixel
@@ -81,6 +82,11 @@ class SegmentationRuntime(Runtime):
         return Agreement(
             same >= 1 - 0.005 * tolerance, f"masks agree on {100 * same:.3f}% of pixels"
         )
+
+    def cost(self, request: SegmentRequest) -> Cost:
+        """The decoded image, its mask at full size and, if asked, its overlay."""
+        width, height, _ = imaging.decoded_size(request.image, self.max_image_pixels)
+        return Cost(width * height * (3 if request.overlay else 2))
 
     def preprocess(self, request: SegmentRequest) -> Prepared:
         spec = self.manifest.input

@@ -44,6 +44,8 @@ class TensorRuntime(Runtime):
     def preprocess(self, request: dict[str, np.ndarray]) -> Prepared:
         return self._join_tensors(request)
 
+    cost = Runtime.tensors_cost  # a request is its named tensors
+
     def predict_batch(self, samples: np.ndarray) -> np.ndarray:
         feed = [np.ascontiguousarray(samples[spec.name]) for spec in self.inputs]
         if self.by_name:

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from service import imaging, tiling
+from service.admission import Cost
 from service.errors import BadRequest, PayloadTooLarge
 from service.runtimes.base import Agreement, Prepared, Runtime
 
@@ -74,7 +75,32 @@ class TiledImageRuntime(Runtime):
 
     def decode(self, data: bytes) -> Image.Image:
         """The upload, decoded (413 past the server's pixel limit)."""
-        return imaging.decode_image(data, self.max_image_pixels)
+        return self.opening(imaging.decode_image, data)
+
+    def opening(self, open_image, data: bytes):
+        """``open_image`` (imaging's decode_image or decoded_size) under this task's limit."""
+        return open_image(data, self.max_image_pixels)
+
+    # -- admission -------------------------------------------------------------
+    def cost(self, request) -> Cost:
+        return self.image_cost(request.image)
+
+    def encoded_images_cost(self, images: np.ndarray) -> Cost:
+        """Images sent as a tensor: each one's cost, made RGB (as ``_join_tensors`` does)."""
+        total = sum((self.image_cost(data, colour=True) for data in images), Cost(0, 0))
+        self.check_queue(total.samples, f"{len(images)} images")
+        return total
+
+    def image_cost(self, data: bytes, colour: bool = False) -> Cost:
+        """An upload's tiles, and the pixels it holds: the image, its tiles, the answer."""
+        width, height, mode = self.opening(imaging.decoded_size, data)
+        gray = mode in GRAY_MODES and not colour
+        planes = 3 if self.manifest.input.channels == 1 and not gray else 1
+        grid = self.grid(height, width, planes)
+        self.check_queue(grid.num_tiles, f"a {width}x{height} image")
+        spec = self.manifest.input
+        tile_pixels = grid.num_tiles * spec.height * spec.width
+        return Cost(width * height * (1 + self.scale**2) + tile_pixels, grid.num_tiles)
 
     def read_image(self, data: bytes) -> tuple[np.ndarray, Literal["RGB", "L"]]:
         """The upload's pixels, (height, width) for gray or (height, width, 3), and the
@@ -92,14 +118,15 @@ class TiledImageRuntime(Runtime):
         return samples, grid
 
     def tile_grid(self, planes: np.ndarray) -> tiling.TileGrid:
-        """The tiles ``planes`` are cut into (413 if more than the model's queue holds)."""
-        spec = self.manifest.input
+        """The tiles ``planes`` are cut into."""
         num_planes, height, width = planes.shape[:3]
-        grid = tiling.TileGrid(
-            height, width, num_planes, spec.height, spec.width, self.margin, self.scale
+        return self.grid(height, width, num_planes)
+
+    def grid(self, height: int, width: int, planes: int) -> tiling.TileGrid:
+        spec = self.manifest.input
+        return tiling.TileGrid(
+            height, width, planes, spec.height, spec.width, self.margin, self.scale
         )
-        self.check_queue(grid.num_tiles, f"a {width}x{height} image")
-        return grid
 
     def check_queue(self, num_tiles: int, what: str) -> None:
         if num_tiles > self.batching.max_queue:
@@ -160,7 +187,6 @@ class TiledImageRuntime(Runtime):
                 f"images sent together must be of one size, as their outputs form one tensor; "
                 f"these would come back as {', '.join(f'{w}x{h}' for w, h in sizes)}"
             )
-        self.check_queue(sum(grid.num_tiles for _, grid in cuts), f"{len(images)} images")
         return Prepared(np.concatenate([samples for samples, _ in cuts]), [g for _, g in cuts])
 
     def _split_tensors(self, outputs: np.ndarray, inputs: Any, grids: Any) -> dict:

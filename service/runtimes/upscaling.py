@@ -31,7 +31,6 @@ from typing import Literal
 import numpy as np
 import pydantic
 
-from service import imaging
 from service.errors import PayloadTooLarge
 from service.runtimes.base import PngBody, PngImage, Prepared, forward_blank
 from service.runtimes.tiled import Tiled, TiledImageRuntime
@@ -91,10 +90,10 @@ class UpscalingRuntime(TiledImageRuntime):
                 f"into {upscaled.shape[1:]}; with scale {scale} they must come out {wanted}"
             )
 
-    def decode(self, data: bytes):
-        """The upload, decoded, if its upscaled image keeps within the server's pixel limit."""
+    def opening(self, open_image, data: bytes):
+        """The upload opened, if its upscaled image keeps within the server's pixel limit."""
         try:
-            return imaging.decode_image(data, self.max_image_pixels // self.scale**2)
+            return open_image(data, self.max_image_pixels // self.scale**2)
         except PayloadTooLarge as error:
             raise PayloadTooLarge(
                 f"{error.message}: model {self.name!r} upscales {self.scale}x, and an upscaled "

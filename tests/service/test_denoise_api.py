@@ -14,6 +14,7 @@ import skimage.data
 from PIL import Image
 
 from service import imaging
+from service.admission import Admission, PixelBudget
 from service.batching import BatchConfig
 from service.errors import PayloadTooLarge
 from service.metrics import Metrics
@@ -287,7 +288,7 @@ def test_memory_stays_within_the_bound_for_a_4000x3000_photo(noisy_photo):
     runtime.warm_up()
 
     async def serve():
-        runtime.start(pool, retry_after_s=1)
+        runtime.start(Admission(pool, PixelBudget(10**9)))
         try:
             return await runtime.infer(DenoiseRequest(image=noisy_photo))
         finally:
@@ -313,9 +314,10 @@ def test_an_image_of_more_tiles_than_the_queue_holds_is_413():
         batching=BatchConfig(max_queue=10), metrics=Metrics().for_model("small-queue", 1),
         max_image_pixels=10**6,
     )  # fmt: skip
-    runtime.preprocess(DenoiseRequest(image=png(noise_image(48, 120))))  # 2 x 5 tiles
+    # Admission weighs the request by its header, before anything is decoded.
+    assert runtime.cost(DenoiseRequest(image=png(noise_image(48, 120)))).samples == 10  # 2 x 5
     with pytest.raises(PayloadTooLarge, match="is 12 tiles for model 'small-queue'"):
-        runtime.preprocess(DenoiseRequest(image=png(noise_image(48, 144))))
+        runtime.cost(DenoiseRequest(image=png(noise_image(48, 144))))
 
 
 # 12 KB of a 256x192 photo whose header claims 6000x6000: libjpeg would pad it with grey.

@@ -275,7 +275,7 @@ def test_before_the_first_load_ends_the_plain_route_waits_for_a_default_model(re
     from service.metrics import Metrics
     from service.repository import ModelRepository, ModelVersion, VersionState
 
-    store = ModelRepository(make_settings(repository), Metrics(), pool=None)
+    store = ModelRepository(make_settings(repository), Metrics(), admission=None)
     runtime = type("Loaded", (), {"task": "classification", "manifest": colour_manifest()})()
     store._models["colours"] = {
         1: ModelVersion("colours", 1, repository, (), VersionState.AVAILABLE, runtime)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 
 import keras
 import numpy as np
@@ -25,6 +24,7 @@ from tests.helpers import (
     publish_denoiser,
     publish_generator,
     publish_tensor_model,
+    serving,
     start_client,
     wait_ready,
 )
@@ -42,16 +42,6 @@ def load(path, **batching) -> TensorRuntime:
         metrics=Metrics().for_model(path.parent.name, int(path.name)),
         max_image_pixels=10**6,
     )
-
-
-async def serving(runtime, work):
-    """Run ``work(runtime)`` while the runtime serves."""
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        runtime.start(pool, retry_after_s=1)
-        try:
-            return await work(runtime)
-        finally:
-            await runtime.stop()
 
 
 def pair_inputs(rows: int, offset: float = 0.0) -> dict[str, np.ndarray]:

@@ -217,9 +217,10 @@ def test_tiles_of_concurrent_requests_share_batches(batching_client):
 # -- limits and errors -------------------------------------------------------------------
 def test_an_image_of_more_tiles_than_the_queue_holds_is_413():
     runtime = runtime_of(upscaling_manifest(), build_nearest_upscaler(), max_queue=10)
-    runtime.preprocess(UpscaleRequest(image=png(noise_image(48, 120))))  # 2 x 5 tiles
+    # Admission weighs the request by its header, before anything is decoded.
+    assert runtime.cost(UpscaleRequest(image=png(noise_image(48, 120)))).samples == 10  # 2 x 5
     with pytest.raises(PayloadTooLarge, match="is 12 tiles for model 'direct'"):
-        runtime.preprocess(UpscaleRequest(image=png(noise_image(48, 144))))
+        runtime.cost(UpscaleRequest(image=png(noise_image(48, 144))))
 
 
 def test_the_pixel_limit_bounds_the_upscaled_image(tmp_path):
