@@ -103,7 +103,7 @@ async def _run(url, bodies, headers, concurrency, seconds, warmup_s) -> LoadResu
     result = LoadResult(concurrency, seconds, 0, 0, [])
     now = time.perf_counter()
     warm_until, stop_at = now + warmup_s, now + warmup_s + seconds
-    cpu_before = _cpu_seconds()
+    cpu_before = cpu_seconds()
     await asyncio.gather(
         *(
             _client(
@@ -117,7 +117,7 @@ async def _run(url, bodies, headers, concurrency, seconds, warmup_s) -> LoadResu
         )
     )
     wall = time.perf_counter() - now
-    result.client_cpu_percent = 100 * (_cpu_seconds() - cpu_before) / wall
+    result.client_cpu_percent = 100 * (cpu_seconds() - cpu_before) / wall
     return result
 
 
@@ -133,6 +133,6 @@ def run_load(
     return asyncio.run(_run(url, bodies, headers, concurrency, seconds, warmup_s))
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime

@@ -353,6 +353,9 @@ class Runtime(abc.ABC):
         if self._batcher is None or self._admission is None:
             raise RuntimeError("infer() before start()")
         deadline = deadlines.start(self.batching.timeout_ms)
+        # Whether even the least request (a sample, no pixels) would be refused, before its
+        # images' headers are read: under overload most requests end here, and cheaply.
+        self._admit(Cost(), deadline)
         cost = cost_of(request)
         self._admit(cost, deadline)
         hold = self._admission.budget.take(cost.pixels)
