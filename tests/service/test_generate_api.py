@@ -180,6 +180,29 @@ def grid_of(response) -> Image.Image:
     return Image.open(io.BytesIO(response.content))
 
 
+@pytest.mark.parametrize(
+    ("accept", "media_type"),
+    [
+        ("image/png;q=0, application/json", "application/json"),  # q=0: not acceptable
+        ("image/png;q=0", "application/json"),
+        ("application/json;q=0.5, image/png", "image/png"),
+        ("application/json, image/png", "application/json"),  # a tie: the first listed
+        ("image/png, application/json", "image/png"),
+        ("image/*;q=0.9, application/json;q=0.8", "image/png"),
+        ("image/*, image/png;q=0, application/json;q=0.1", "application/json"),  # most specific
+        ("*/*", "application/json"),
+        ("", "application/json"),
+    ],
+)
+def test_accept_q_values_choose_png_or_json(generate_client, accept, media_type):
+    """Issue 22, finding 8: `Accept: image/png;q=0, application/json` returned a PNG."""
+    response = generate_client.post(
+        "/v1/generate", json={"label": 0, "seed": 3}, headers={"Accept": accept}
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].split(";")[0] == media_type
+
+
 def test_accept_png_returns_one_grid_of_the_images(generate_client):
     body = {"label": "cross", "count": 5, "seed": 40}
     response = generate_client.post("/v1/generate", json=body, headers={"Accept": "image/png"})
