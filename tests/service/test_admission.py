@@ -204,7 +204,12 @@ def test_work_queued_ahead_past_the_deadline_or_the_queue_is_refused_503_at_once
         with pytest.raises(Overloaded, match="past its deadline") as late:
             await runtime.infer(DenoiseRequest(image=png(noise_image(96, 64))))  # 4 x 3 tiles
         assert late.value.headers["Retry-After"] == "1"
-        runtime._admitted_samples = 197
+        runtime._admitted_samples = 200  # the least request is refused before its header
+        with pytest.raises(Overloaded, match="queue is full"):
+            await runtime.infer(small)
+        runtime.batch_seconds = {8: 8 * 0.001}  # a fast model: only the queue refuses now
+        runtime._batcher.full_batch_seconds = 8 * 0.001
+        runtime._admitted_samples = 197  # room for one sample, not for its four tiles
         with pytest.raises(Overloaded, match="queue is full"):
             await runtime.infer(small)
         runtime._admitted_samples = 0
