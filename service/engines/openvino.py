@@ -33,8 +33,11 @@ class OpenVinoEngine(CompiledEngine):
         inputs = self.compiled.inputs
         self.input_names = [port.get_any_name() for port in inputs]
         self.input_dtypes = [np.dtype(port.get_element_type().to_dtype()) for port in inputs]
-        real = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self.precision = "bf16" if "bf16" in real else "fp32" if "32" in real else real
+        # The precision OpenVINO settled on, by its short name (str() of a Type is a repr,
+        # "<Type: 'bfloat16'>", and varies between releases).
+        real = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        real = real.get_type_name() if hasattr(real, "get_type_name") else str(real)
+        self.precision = {"bf16": "bf16", "f32": "fp32"}.get(real, real)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         results = self.request.infer(inputs)  # copies the outputs out of the request

@@ -128,7 +128,10 @@ def _candidates(config: EngineConfig) -> list[tuple[type[CompiledEngine], str]]:
         (COMPILED[name], precision)
         for name in names
         for precision in precisions
-        if precision in COMPILED[name].precisions or config.engine != "auto"
+        # A precision the engine lacks is tried (and fails with its reason) only when both
+        # were named; auto precision means the ones each engine has.
+        if precision in COMPILED[name].precisions
+        or (config.engine != "auto" and config.precision != "auto")
     ]
 
 

@@ -162,10 +162,21 @@ def test_a_named_engine_that_disagrees_fails_the_load(dense, cache_dir):
         load(dense, engine="onnxruntime", cache_dir=cache_dir, tolerance=0.0)
 
 
+def trials(report_trials) -> list[tuple[str, str]]:
+    return [(t.engine, t.precision) for t in report_trials]
+
+
+def tried(engines) -> list[tuple[str, str]]:
+    """The trials after Keras's with precision auto: fp32, and bf16 where the CPU has the
+    units for it (AVX-512 BF16 or AMX) and the engine computes it."""
+    precisions = ["fp32", "bf16"] if hardware.has_bf16() else ["fp32"]
+    return [(e, p) for e in engines for p in precisions if p in COMPILED[e].precisions]
+
+
 def test_a_named_engine_is_kept_whatever_its_speed(colours, cache_dir):
     runtime = load(colours, engine="openvino", cache_dir=cache_dir)
     assert runtime.engine_report.engine == "openvino"
-    assert [t.engine for t in runtime.engine_report.trials] == ["keras", "openvino"]
+    assert trials(runtime.engine_report.trials) == [("keras", "fp32"), *tried(["openvino"])]
 
 
 def test_keras_alone_exports_nothing(colours, tmp_path):
@@ -182,12 +193,21 @@ def test_bf16_without_the_cpu_units_for_it_falls_back(colours, cache_dir):
     assert "the CPU has no bf16 units" in runtime.engine_report.reason
 
 
+@pytest.mark.skipif(not hardware.has_bf16(), reason="this CPU has no bf16 units")
+def test_bf16_on_a_cpu_with_the_units_is_reported_as_bf16(colours, cache_dir):
+    runtime = load(colours, engine="openvino", precision="bf16", cache_dir=cache_dir)
+    assert (runtime.engine_report.engine, runtime.engine_report.precision) == ("openvino", "bf16")
+    assert trials(runtime.engine_report.trials) == [("keras", "fp32"), ("openvino", "bf16")]
+
+
 def test_a_captioner_runs_both_its_parts_on_the_compiled_engine(tmp_path, cache_dir):
     # Named, so kept whatever its speed (JAX runs this tiny decoder as fast as any).
     runtime = load(
         publish_captioner(tmp_path / "models"), engine="onnxruntime", cache_dir=cache_dir
     )
     assert {e.name for e in runtime.engines.values()} == {"onnxruntime"}
+    # onnxruntime computes fp32 only: no bf16 trial on a CPU that has bf16 either.
+    assert trials(runtime.engine_report.trials) == [("keras", "fp32"), *tried(["onnxruntime"])]
     assert set(runtime.engines) == {"encoder", "decoder"}
     paths = [exported_onnx(runtime.model_path, part, cache_dir) for part in runtime.engines]
     assert all(cached for _, cached in paths)
@@ -203,7 +223,9 @@ def test_the_service_reports_the_engine_in_models_and_metrics(colours, cache_dir
         assert listed["engine"] in COMPILED and listed["backend"] == keras.backend.backend()
         assert "trials" not in listed  # the listing stays short
         detail = client.get("/v1/models/colours/versions/1").json()["engine"]
-        assert [t["engine"] for t in detail["trials"]] == ["keras", *COMPILED]
+        assert [(t["engine"], t["precision"]) for t in detail["trials"]] == [
+            ("keras", "fp32"), *tried(COMPILED)
+        ]  # fmt: skip
         metrics = client.get("/metrics").text
         assert (
             f'kerve_model_engine_info{{backend="{listed["backend"]}",engine="{listed["engine"]}",'
