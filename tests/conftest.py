@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import skimage.data
 
-from tests.helpers import make_settings, publish_colour_classifier, start_client, wait_ready
+from tests.helpers import (
+    make_settings,
+    publish_colour_classifier,
+    publish_colour_segmenter,
+    start_client,
+    wait_ready,
+)
 
 # Servers the tests start as processes serve on Keras too (see make_settings).
 os.environ.setdefault("SERVE_ENGINE", "keras")
@@ -25,6 +31,15 @@ def anyio_backend():
 def repository(tmp_path) -> Path:
     """A model repository holding the colour classifier as version 1."""
     root = tmp_path / "models"
+    publish_colour_classifier(root)
+    return root
+
+
+@pytest.fixture
+def segment_repository(tmp_path) -> Path:
+    """A model repository holding the colour segmenter and the colour classifier."""
+    root = tmp_path / "models"
+    publish_colour_segmenter(root)
     publish_colour_classifier(root)
     return root
 

@@ -30,8 +30,6 @@ from tests.helpers import (
     make_settings,
     noise_image,
     png,
-    publish_colour_classifier,
-    publish_colour_segmenter,
     serving,
     start_client,
     wait_ready,
@@ -58,19 +56,11 @@ def pixels_in_flight(client) -> float:
     return float(re.search(r"^kerve_pixels_in_flight (\S+)$", text, re.M).group(1))
 
 
-@pytest.fixture
-def two_models(tmp_path):
-    root = tmp_path / "models"
-    publish_colour_classifier(root)
-    publish_colour_segmenter(root)
-    return root
-
-
-def test_a_request_that_could_never_fit_is_refused_before_decoding(two_models):
+def test_a_request_that_could_never_fit_is_refused_before_decoding(segment_repository):
     """Finding 1: 64 in-limit 6300x6300 PNGs in one request decoded for 29 s. Their 2.5
     billion pixels are more than the server ever holds: 413 at once."""
     bomb = big_png(6300)
-    with start_client(make_settings(two_models)) as client:
+    with start_client(make_settings(segment_repository)) as client:
         wait_ready(client)
         started = time.monotonic()
         response = client.post("/v1/classify", **multipart(*[bomb] * 64))
@@ -80,11 +70,11 @@ def test_a_request_that_could_never_fit_is_refused_before_decoding(two_models):
     assert elapsed < 2.0  # the header alone, not 64 decodes
 
 
-def test_one_models_large_upload_does_not_hold_another_models_request(two_models):
+def test_one_models_large_upload_does_not_hold_another_models_request(segment_repository):
     """Finding 1: a /v1/segment request sent while a large /v1/classify decoded waited
     for it. Each model decodes in its own lane of the pool."""
     images = [big_png(5000)] * 6  # 150 megapixels: seconds to decode
-    settings = make_settings(two_models, preprocess_threads=1)
+    settings = make_settings(segment_repository, preprocess_threads=1)
     with start_client(settings) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
         wait_ready(client)
         large = pool.submit(client.post, "/v1/classify", **multipart(*images))
@@ -98,12 +88,12 @@ def test_one_models_large_upload_does_not_hold_another_models_request(two_models
     assert waited < 1.0, f"the segment request waited {waited:.2f} s behind the classify one"
 
 
-def test_the_deadline_runs_from_arrival_and_bounds_decoding(two_models):
+def test_the_deadline_runs_from_arrival_and_bounds_decoding(segment_repository):
     """Finding 1: accepted requests took 17-20 s although timeout_ms was 10 s: the deadline
     started at the batch queue. Here it covers decoding too: a request whose images take
     longer to decode than its deadline gets its 504 at the deadline, not after them."""
     batching = BatchingOverride(max_delay_ms=2, timeout_ms=400)
-    with start_client(make_settings(two_models, batching=batching)) as client:
+    with start_client(make_settings(segment_repository, batching=batching)) as client:
         wait_ready(client)
         started = time.monotonic()
         response = client.post("/v1/classify", **multipart(*[big_png(5000)] * 6))
@@ -114,14 +104,16 @@ def test_the_deadline_runs_from_arrival_and_bounds_decoding(two_models):
         wait_until(lambda: pixels_in_flight(client) == 0, timeout_s=10)
 
 
-def test_requests_over_the_pixel_budget_get_503_at_once_and_memory_stays_bounded(two_models):
+def test_requests_over_the_pixel_budget_get_503_at_once_and_memory_stays_bounded(
+    segment_repository,
+):
     """Finding 2: 32 concurrent overlays of a large PNG took a server from 1.8 to 7.0 GB.
     The pixels held at once are bounded; the requests past the budget are refused at once
     with Retry-After, and every pixel is given back."""
     side = 1500
     image = encode(np.zeros((side, side, 3), np.uint8), "PNG")
     per_request = side * side * 3  # the image, its mask and its overlay
-    settings = make_settings(two_models, max_pixels_in_flight=2 * per_request)
+    settings = make_settings(segment_repository, max_pixels_in_flight=2 * per_request)
     with start_client(settings) as client, concurrent.futures.ThreadPoolExecutor(12) as pool:
         wait_ready(client)
         post = lambda _: client.post("/v1/segment?overlay=true", content=image, headers=PNG)  # noqa: E731
@@ -131,7 +123,7 @@ def test_requests_over_the_pixel_budget_get_503_at_once_and_memory_stays_bounded
         refused = [r for r in responses if r.status_code == 503]
         assert all(r.headers["Retry-After"] and "decoded pixels" in r.text for r in refused)
         assert pixels_in_flight(client) == 0
-    big = make_settings(two_models, max_pixels_in_flight=per_request - 1)
+    big = make_settings(segment_repository, max_pixels_in_flight=per_request - 1)
     with start_client(big) as client:
         wait_ready(client)
         response = client.post("/v1/segment?overlay=true", content=image, headers=PNG)

@@ -16,21 +16,11 @@ from tests.helpers import (
     encode,
     histogram_sum_count,
     make_settings,
-    publish_colour_classifier,
-    publish_colour_segmenter,
     start_client,
     wait_ready,
 )
 
 PNG = {"Content-Type": "image/png"}
-
-
-@pytest.fixture
-def segment_repository(tmp_path):
-    root = tmp_path / "models"
-    publish_colour_segmenter(root)
-    publish_colour_classifier(root)
-    return root
 
 
 @pytest.fixture
