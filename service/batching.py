@@ -19,6 +19,7 @@ from concurrent.futures import Executor
 
 import numpy as np
 
+from service import deadlines
 from service.errors import (
     DeadlineExceeded,
     InferenceFailed,
@@ -84,8 +85,8 @@ class Batcher:
         arriving: Callable[[], int] | None = None,
         batch_seconds: dict[int, float] | None = None,
     ) -> None:
-        """``arriving`` counts the requests on their way to ``submit`` (being
-        preprocessed); with it, a batch waits for them only, not for the full delay.
+        """``arriving`` counts what is on its way to ``submit`` (samples being
+        decoded); with it, a batch waits for them only, not for the full delay.
         ``batch_seconds`` is the model's time per allowed batch size; with it, a batch
         that would be padded may leave its last samples to the next batch instead."""
         self.config = config
@@ -141,9 +142,9 @@ class Batcher:
         self._queue.append(request)
         self._set_queued(self._queued + num_samples)
         self._arrival.set()
-        timeout_s = self.config.timeout_ms / 1000
-        if deadline is not None:
-            timeout_s = deadline - time.monotonic()
+        timeout_s = (
+            self.config.timeout_ms / 1000 if deadline is None else deadlines.remaining(deadline)
+        )
         try:
             return await asyncio.wait_for(request.future, timeout_s)
         except TimeoutError:

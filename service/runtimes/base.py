@@ -133,8 +133,9 @@ class Runtime(abc.ABC):
         self._admission: Admission | None = None
         self._lanes: asyncio.Semaphore | None = None  # this model's share of the decode pool
         self._in_flight = 0
-        self._preprocessing = 0  # requests the batcher can expect soon
-        self._admitted_samples = 0  # samples of admitted requests not yet in the batch queue
+        # Samples of admitted requests still being decoded: the batch queue's soon, and
+        # what the batcher waits for instead of its full delay.
+        self._admitted_samples = 0
         self._idle = asyncio.Event()
         self.tensor_inputs: list[tensors.TensorSpec] = []  # set by warm_up
         self.tensor_outputs: list[tensors.TensorSpec] = []
@@ -296,7 +297,7 @@ class Runtime(abc.ABC):
             self._inference_thread,
             self.metrics,
             admission.retry_after_s,
-            arriving=lambda: self._preprocessing,
+            arriving=lambda: self._admitted_samples,
             batch_seconds=self.batch_seconds,
         )
         self._batcher.start()
@@ -361,22 +362,17 @@ class Runtime(abc.ABC):
         hold = self._admission.budget.take(cost.pixels)
         self._in_flight += 1
         self._idle.clear()
-        self._admitted_samples += cost.samples
-        admitted = cost.samples
         try:
-            self._preprocessing += 1
+            self._admitted_samples += cost.samples
             try:
                 prepared = await self._decode(preprocess, request, hold, deadline)
             finally:
-                self._preprocessing -= 1
-                self._admitted_samples -= admitted
-                admitted = 0
+                self._admitted_samples -= cost.samples
             outputs = await self._batcher.submit(prepared.samples, deadline)
             return await self._in_pool(
                 self.metrics.postprocess_time, hold, postprocess, outputs, request, prepared.context
             )
         finally:
-            self._admitted_samples -= admitted
             hold.answered()
             self._in_flight -= 1
             if self._in_flight == 0:

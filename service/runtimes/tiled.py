@@ -87,9 +87,8 @@ class TiledImageRuntime(Runtime):
 
     def encoded_images_cost(self, images: np.ndarray) -> Cost:
         """Images sent as a tensor: each one's cost, made RGB (as ``_join_tensors`` does)."""
-        total = sum((self.image_cost(data, colour=True) for data in images), Cost(0, 0))
-        self.check_queue(total.samples, f"{len(images)} images")
-        return total
+        # Their total against the queue is admission's check (Runtime._admit).
+        return sum((self.image_cost(data, colour=True) for data in images), Cost(0, 0))
 
     def image_cost(self, data: bytes, colour: bool = False) -> Cost:
         """An upload's tiles, and the pixels it holds: the image, its tiles, the answer."""
@@ -112,15 +111,10 @@ class TiledImageRuntime(Runtime):
     def cut(self, pixels: np.ndarray) -> tuple[np.ndarray, tiling.TileGrid]:
         """The samples ``pixels`` are cut into, and the grid they lie on."""
         planes = _planes(pixels, self.manifest.input.channels)
-        grid = self.tile_grid(planes)
+        grid = self.grid(planes.shape[1], planes.shape[2], planes.shape[0])
         samples = self.blank_samples(grid.num_tiles)
         tiling.cut_tiles(planes, grid, self.tiles(samples))
         return samples, grid
-
-    def tile_grid(self, planes: np.ndarray) -> tiling.TileGrid:
-        """The tiles ``planes`` are cut into."""
-        num_planes, height, width = planes.shape[:3]
-        return self.grid(height, width, num_planes)
 
     def grid(self, height: int, width: int, planes: int) -> tiling.TileGrid:
         spec = self.manifest.input
@@ -172,12 +166,9 @@ class TiledImageRuntime(Runtime):
         holds whole images of any size, all of one size (their outputs form one tensor),
         each answered as its whole output image, uint8 RGB: a tile is no unit a client of
         the protocols should have to know of."""
-        specs = self.tensor_inputs
-        name = specs[0].name
-        encoded = len(specs) == 1 and name in inputs and inputs[name].dtype == object
-        if not (encoded and self.takes_encoded_images):
+        images = self._encoded_input(inputs)
+        if images is None or not self.takes_encoded_images:
             return super()._join_tensors(inputs)
-        images = inputs[name]
         if images.ndim != 1 or not len(images):
             raise BadRequest("encoded images come as a list of one or more")
         cuts = [self.cut(np.asarray(imaging.to_mode(self.decode(data), 3))) for data in images]
