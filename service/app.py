@@ -26,11 +26,12 @@ from service.errors import (
     ServiceError,
     Unavailable,
     UnsupportedMediaType,
+    error_body,
 )
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.repository import ModelRepository
-from service.routes import health, models, tasks, tfserving, v2
+from service.routes import health, models, tasks, tfserving, uploads, v2
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -125,11 +126,10 @@ def _error(
     headers: dict | None = None,
     request: fastapi.Request | None = None,
 ):
-    """Kerve's error body; the standard protocols' own, ``{"error": message}``, on their routes."""
-    body: dict = {"error": {"code": code, "message": message}}
+    """Kerve's error body; the standard protocols' own on their routes."""
     route = request.scope.get("route") if request is not None else None
-    if getattr(getattr(route, "endpoint", None), "protocol_errors", False):
-        body = {"error": message}
+    protocol = getattr(getattr(route, "endpoint", None), "protocol_errors", False)
+    body = error_body(code, message, protocol)
     return fastapi.responses.JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -148,7 +148,7 @@ async def _validation_error(request: fastapi.Request, error: RequestValidationEr
     # another content type, 400 for malformed JSON; 422 is for JSON of the wrong shape.
     route = request.scope.get("route")
     if getattr(getattr(route, "endpoint", None), "json_body", False):
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        media_type = uploads.media_type(request)
         if media_type and media_type != "application/json" and not media_type.endswith("+json"):
             wrong = UnsupportedMediaType(
                 f"unsupported content type {media_type!r}; send application/json"
@@ -200,8 +200,7 @@ async def _client_gone(request: fastapi.Request, error: ClientDisconnect):
     """A client that hangs up while sending its body is its own outcome, 499 in the metrics
     and an info line, never a 5xx that alerts watch: any client could inflate those."""
     logger.info("the client closed the connection before sending its whole request")
-    gone = ClientDisconnected("the client closed the connection")
-    return _error(gone.status_code, gone.code, gone.message, request=request)
+    return await _service_error(request, ClientDisconnected("the client closed the connection"))
 
 
 async def _unexpected_error(request: fastapi.Request, error: Exception):

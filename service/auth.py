@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from service.errors import Unauthorized
-from service.middleware import _send_error
+from service.middleware import send_error
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
         else:
             problem = "the API key is not valid" if presented else "this route needs an API key"
-            await _send_error(scope, send, Unauthorized(f"{problem}; {HOW_TO_SEND}"))
+            await send_error(scope, send, Unauthorized(f"{problem}; {HOW_TO_SEND}"))
 
 
 def install(app, settings: Settings) -> KeyRing:

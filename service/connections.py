@@ -37,8 +37,14 @@ from uvicorn.config import Config
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.server import ServerState
 
-from service.errors import Overloaded
-from service.middleware import OPERATIONAL_PATHS, _send_error
+from service.errors import (
+    HeadersTooLarge,
+    Overloaded,
+    RequestTimeout,
+    ServiceError,
+    error_body,
+)
+from service.middleware import OPERATIONAL_PATHS, send_error
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -170,7 +176,7 @@ class KerveHttpToolsProtocol(httptools_impl.HttpToolsProtocol):
 
     async def _over_capacity(self, scope, receive, send) -> None:
         error = Overloaded("the server has too many connections; retry later", self.retry_after_s)
-        await _send_error(scope, send, error)
+        await send_error(scope, send, error)
 
     # Deadlines
 
@@ -198,17 +204,17 @@ class KerveHttpToolsProtocol(httptools_impl.HttpToolsProtocol):
             what, limit = "headers", self.header_timeout_s
         logger.info("the client did not send its request's %s within %g s", what, limit)
         self._answer_and_close(
-            408, "request_timeout", f"the request's {what} did not arrive within {limit:g} s"
+            RequestTimeout(f"the request's {what} did not arrive within {limit:g} s")
         )
 
     def _head_too_large(self) -> None:
         logger.info("a request's headers exceed %d bytes", self.max_header_bytes)
         message = f"the request line and headers exceed {self.max_header_bytes} bytes"
-        self._answer_and_close(431, "headers_too_large", message)
+        self._answer_and_close(HeadersTooLarge(message))
 
     # Answers
 
-    def _answer_and_close(self, status: int, code: str, message: str) -> None:
+    def _answer_and_close(self, error: ServiceError) -> None:
         """Answer unless a response is under way (pipelined requests), then close. The app
         waiting on this request's body, if any, gets http.disconnect."""
         self._cancel_timer()
@@ -224,8 +230,8 @@ class KerveHttpToolsProtocol(httptools_impl.HttpToolsProtocol):
         if not answer:
             self.transport.close()
             return
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
-        head = [httptools_impl.STATUS_LINE[status]]
+        body = json.dumps(error_body(error.code, error.message)).encode()
+        head = [httptools_impl.STATUS_LINE[error.status_code]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
         head += [

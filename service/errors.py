@@ -36,6 +36,20 @@ class Unauthorized(ServiceError):
         super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="kerve"'})
 
 
+class RequestTimeout(ServiceError):
+    """408: the request's head or body did not arrive in time (service/connections.py)."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
+class HeadersTooLarge(ServiceError):
+    """431: the request line and headers exceed SERVE_MAX_HEADER_BYTES."""
+
+    status_code = 431
+    code = "headers_too_large"
+
+
 class ModelNotFound(ServiceError):
     status_code = 404
     code = "model_not_found"
@@ -90,3 +104,9 @@ class InferenceFailed(ServiceError):
 class DeadlineExceeded(ServiceError):
     status_code = 504
     code = "deadline_exceeded"
+
+
+def error_body(code: str, message: str, protocol: bool = False) -> dict:
+    """Kerve's error document; the standard protocols' own, ``{"error": message}``, for
+    their routes (``protocol``)."""
+    return {"error": message} if protocol else {"error": {"code": code, "message": message}}

@@ -10,7 +10,7 @@ import random
 import time
 
 from service import deadlines, logs
-from service.errors import PayloadTooLarge, ServiceError, Unavailable
+from service.errors import PayloadTooLarge, ServiceError, Unavailable, error_body
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
@@ -59,7 +59,9 @@ class RequestContextMiddleware:
             declared = 0
         try:
             if declared > self.max_body_bytes:
-                await self._refuse_body(scope, send_with_id, declared)
+                limit = self.max_body_bytes
+                too_large = PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+                await send_error(scope, send_with_id, too_large)  # before the body is read
             else:
                 await self.app(scope, self._limited(receive), send_with_id)
         except asyncio.CancelledError:
@@ -68,7 +70,7 @@ class RequestContextMiddleware:
             if response_started:
                 raise
             gone = Unavailable("the server is shutting down; retry on another replica")
-            await _send_error(scope, send_with_id, gone)
+            await send_error(scope, send_with_id, gone)
         finally:
             if counted:
                 self.metrics.in_flight.dec()
@@ -88,11 +90,6 @@ class RequestContextMiddleware:
             return message
 
         return limited_receive
-
-    async def _refuse_body(self, scope, send, declared: int) -> None:
-        """413 before the body is read."""
-        error = PayloadTooLarge(f"the body is {declared} bytes; the limit is {self.max_body_bytes}")
-        await _send_error(scope, send, error)
 
     def _record(self, scope, status: int, elapsed: float) -> None:
         route = scope.get("route")
@@ -128,12 +125,10 @@ class RequestContextMiddleware:
         )
 
 
-async def _send_error(scope, send, error: ServiceError) -> None:
+async def send_error(scope, send, error: ServiceError) -> None:
     """An error answered by the middleware itself, in the error shape of the route it was
     sent to, closing the connection (its body may be unread)."""
-    document = {"error": {"code": error.code, "message": error.message}}
-    if _speaks_a_protocol(scope["path"]):
-        document = {"error": error.message}
+    document = error_body(error.code, error.message, _speaks_a_protocol(scope["path"]))
     headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})

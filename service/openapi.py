@@ -121,9 +121,7 @@ def _add_errors(operation: dict, route: APIRoute) -> None:
         described = responses.setdefault(str(status), {})
         described.setdefault("description", DESCRIPTIONS[status])
         if status != 503 or not readiness:
-            described["content"] = {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}
-            }
+            described["content"] = _error_content(shape)
 
 
 def _add_security(schema: dict, metrics_need_key: bool) -> None:
@@ -137,10 +135,13 @@ def _add_security(schema: dict, metrics_need_key: bool) -> None:
             operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
             operation["responses"]["401"] = {
                 "description": DESCRIPTIONS[401],
-                "content": {
-                    "application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}
-                },
+                "content": _error_content(shape),
             }
+
+
+def _error_content(shape: str) -> dict:
+    """A response's body: the error schema ``shape`` (Error or ProtocolError), as JSON."""
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}}
 
 
 def _component(model: type[pydantic.BaseModel], components: dict) -> dict:

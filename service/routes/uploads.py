@@ -72,21 +72,24 @@ IMAGE_REQUEST_BODY = {
 }
 
 
+def media_type(request: fastapi.Request) -> str:
+    """The body's media type, lower case, without parameters ("" if none is given)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 async def read_images(request: fastapi.Request, max_images: int) -> list[bytes]:
     """The image files a request carries, as bytes, in order (at least one)."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type == "multipart/form-data":
+    kind = media_type(request)
+    if kind == "multipart/form-data":
         images = await _read_form(request, max_images)
-    elif media_type == "application/json":
+    elif kind == "application/json":
         images = _read_json(await request.body())
-    elif media_type in RAW_IMAGE_TYPES or media_type == "":
+    elif kind in RAW_IMAGE_TYPES or kind == "":
         images = [await request.body()]
     else:
-        hint = (
-            " (curl: add -H 'Content-Type: image/jpeg')" if "form-urlencoded" in media_type else ""
-        )
+        hint = " (curl: add -H 'Content-Type: image/jpeg')" if "form-urlencoded" in kind else ""
         raise UnsupportedMediaType(
-            f"unsupported content type {media_type!r}{hint}; send an image body "
+            f"unsupported content type {kind!r}{hint}; send an image body "
             "(image/jpeg, image/png, image/webp, image/bmp, image/gif), "
             "multipart/form-data with 'file' fields, or JSON with base64 images"
         )
