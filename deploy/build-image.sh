@@ -21,8 +21,6 @@ TARGET=${1:-smoke}
 shift || true
 BASE_IMAGE=${KERVE_BASE_IMAGE:-localhost/kerve-base:bookworm}
 ROOTFS=${KERVE_ROOTFS:-/var/tmp/kerve-rootfs}
-# The machine's own Debian archive, from its apt sources: no address lives in the repo.
-MIRROR=${DEBIAN_MIRROR:-$(deploy/debian-mirror.sh bookworm)}
 TAG=${KERVE_TAG:-kerve:$TARGET}
 
 if [ "$(id -u)" != 0 ]; then
@@ -45,6 +43,9 @@ fi
 
 if ! podman image exists "$BASE_IMAGE"; then
   echo "== base image: debootstrap bookworm into $ROOTFS"
+  # The machine's own Debian archive, from its apt sources: no address lives in the repo.
+  # Looked up only here, so a machine whose base image exists needs no bookworm sources.
+  MIRROR=${DEBIAN_MIRROR:-$(deploy/debian-mirror.sh bookworm)}
   rm -rf "$ROOTFS"
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
     bookworm "$ROOTFS" "$MIRROR"
