@@ -136,6 +136,16 @@ def make_settings(models_dir: Path, **overrides) -> Settings:
     return Settings(**values)
 
 
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """The sum of metric ``name``'s samples in a /metrics ``text`` whose labels include
+    ``labels`` (a metric without labels: its value)."""
+    found = 0.0
+    for line_labels, value in re.findall(rf"^{name}(?:\{{(.*?)\}})? (\S+)$", text, re.MULTILINE):
+        if all(f'{key}="{wanted}"' in line_labels for key, wanted in labels.items()):
+            found += float(value)
+    return found
+
+
 def wait_until(predicate, timeout_s: float = 60.0, interval_s: float = 0.05):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

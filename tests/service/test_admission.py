@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
-import re
 import time
 import tracemalloc
 
@@ -28,6 +27,7 @@ from tests.helpers import (
     denoising_manifest,
     encode,
     make_settings,
+    metric_total,
     noise_image,
     png,
     serving,
@@ -53,7 +53,7 @@ def multipart(*images: bytes) -> dict:
 
 def pixels_in_flight(client) -> float:
     text = client.get("/metrics").text
-    return float(re.search(r"^kerve_pixels_in_flight (\S+)$", text, re.M).group(1))
+    return metric_total(text, "kerve_pixels_in_flight")
 
 
 def test_a_request_that_could_never_fit_is_refused_before_decoding(segment_repository):

@@ -6,7 +6,6 @@ import concurrent.futures
 import io
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 from PIL import Image
 
 from bench.server import free_port, running_process
-from tests.helpers import encode, solid, wait_until
+from tests.helpers import encode, metric_total, solid, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,7 +87,7 @@ def test_sigterm_answers_requests_in_flight_then_exits_0(repository, tmp_path):
 
         def held() -> float:
             text = httpx.get(f"{base_url}/metrics").text
-            return float(re.search(r"^kerve_requests_in_flight (\S+)$", text, re.M).group(1))
+            return metric_total(text, "kerve_requests_in_flight")
 
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             in_flight = [pool.submit(classify) for _ in range(4)]

@@ -21,7 +21,7 @@ import uvicorn
 from bench.server import free_port
 from service.app import create_app
 from service.connections import KerveHttpToolsProtocol
-from tests.helpers import make_settings, wait_until
+from tests.helpers import make_settings, metric_total, wait_until
 
 DEADLINE_S = 1.0  # header and body deadlines
 MAX_HEADER_BYTES = 8192
@@ -205,13 +205,7 @@ def metric(port: int, status: str) -> float:
     connection.send(get("/metrics"))
     text = connection.response()[2].decode()
     connection.close()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("kerve_requests_total{")
-        and 'task="classify"' in line
-        and f'status="{status}"' in line
-    )
+    return metric_total(text, "kerve_requests_total", task="classify", status=status)
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])

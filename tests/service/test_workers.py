@@ -3,24 +3,14 @@ them, whichever worker answers the scrape (Prometheus multiprocess mode)."""
 
 from __future__ import annotations
 
-import re
 import time
 
 import httpx
 
 from bench.server import running_process
-from tests.helpers import encode, solid
+from tests.helpers import encode, metric_total, solid
 
 WORKERS = 2
-
-
-def total(text: str, name: str, **labels: str) -> float:
-    """The sum of ``name``'s samples whose labels include ``labels``."""
-    found = 0.0
-    for line_labels, value in re.findall(rf"^{name}\{{(.*?)\}} (\S+)$", text, re.MULTILINE):
-        if all(f'{key}="{wanted}"' in line_labels for key, wanted in labels.items()):
-            found += float(value)
-    return found
 
 
 def test_metrics_add_up_every_worker(repository, tmp_path):
@@ -28,7 +18,10 @@ def test_metrics_add_up_every_worker(repository, tmp_path):
                  "--poll-interval", "0", "--log-level", "warning"]  # fmt: skip
     with running_process(arguments, tmp_path / "server.log") as (base_url, process):
         deadline = time.monotonic() + 120
-        while total(httpx.get(f"{base_url}/metrics").text, "kerve_model_load_seconds_count") < 2:
+        while (
+            metric_total(httpx.get(f"{base_url}/metrics").text, "kerve_model_load_seconds_count")
+            < 2
+        ):
             assert time.monotonic() < deadline, "the workers did not all load the model"
             time.sleep(0.5)
         assert len(process.children()) >= WORKERS
@@ -43,7 +36,10 @@ def test_metrics_add_up_every_worker(repository, tmp_path):
 
         for _ in range(6):  # whichever worker answers the scrape, the totals are the same
             text = httpx.get(f"{base_url}/metrics").text
-            assert total(text, "kerve_requests_total", task="classify", status="200") == requests
-            assert total(text, "kerve_batch_size_sum", model="colours") == requests
-            assert total(text, "kerve_model_load_seconds_count", model="colours") == WORKERS
-            assert total(text, "kerve_model_loaded", model="colours") == 1  # loaded: yes
+            assert (
+                metric_total(text, "kerve_requests_total", task="classify", status="200")
+                == requests
+            )
+            assert metric_total(text, "kerve_batch_size_sum", model="colours") == requests
+            assert metric_total(text, "kerve_model_load_seconds_count", model="colours") == WORKERS
+            assert metric_total(text, "kerve_model_loaded", model="colours") == 1  # loaded: yes
