@@ -25,8 +25,7 @@ from bench import carriers, report, standalone
 from bench.__main__ import machine_description
 from bench.loadgen import run_load
 from bench.server import ROOT, running_service
-from bench.workloads import PHOTO_SIZE, TOP_K, task_path
-from loadtest import payloads
+from bench.workloads import TOP_K, photo_jpegs, task_path
 from service import imaging
 
 TASK_FORM = "task route, JPEG"  # the baseline of the ratios
@@ -78,8 +77,7 @@ def _v2_input(input_name: str, datatype: str, shape: list[int]) -> dict:
 def measure(args: argparse.Namespace) -> list[dict]:
     version_dir = standalone.find_version(args.models_dir, "classify", args.model)
     manifest = kerve_manifest.read_manifest(version_dir)
-    photos = payloads.make_payloads(payloads.load_photos(), (PHOTO_SIZE,))
-    jpegs = [p.body for p in photos if p.content_type == "image/jpeg"]
+    jpegs = photo_jpegs()
     root = args.workdir / "models-protocols"
     link = root / version_dir.parent.name / version_dir.name
     if not link.exists():

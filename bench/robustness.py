@@ -41,8 +41,7 @@ from bench.__main__ import machine_description
 from bench.harness import PeakMemory
 from bench.loadgen import cpu_seconds, read_response, request_bytes, run_load
 from bench.server import ROOT, running_service, tree_rss_bytes
-from bench.workloads import PHOTO_SIZE, task_path
-from loadtest import payloads
+from bench.workloads import model_listing, photo_jpegs, task_path
 
 HEALTH_PROBE_S = 0.1
 CLIENT_TIMEOUT_S = 60.0
@@ -246,14 +245,15 @@ def overlays(base_url: str, segment: str, bomb: bytes, count: int = 32) -> dict:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    photos = payloads.make_payloads(payloads.load_photos(), (PHOTO_SIZE,))
-    jpegs = [p.body for p in photos if p.content_type == "image/jpeg"]
+    jpegs = photo_jpegs()
     bomb = bomb_png()
     log = args.workdir / "robustness-kerve.log"
     with running_service(args.models_dir, log) as (base_url, process):
-        classify = task_path(base_url, args.classifier)
+        classifier = model_listing(base_url, args.classifier)
+        classify = classifier["endpoints"]["task"]
         segment = task_path(base_url, args.segmenter)
-        timeout_ms = _timeout_ms(base_url, args.classifier)
+        batching = next(v["batching"] for v in classifier["versions"] if v.get("batching"))
+        timeout_ms = batching["timeout_ms"]
         idle_rss = tree_rss_bytes(process)
         capacity = run_load(
             base_url + classify, jpegs, {"Content-Type": "image/jpeg"}, 32, 10, 3
@@ -276,16 +276,6 @@ def measure(args: argparse.Namespace) -> dict:
             "isolation": found_isolation,
             "overlays": {"statuses": overlay_statuses, "peak_rss_mb": round(rss.peak / 2**20)},
         }
-
-
-def _timeout_ms(base_url: str, name: str) -> float:
-    listing = httpx.get(f"{base_url}/v1/models/{name}", timeout=30).json()
-    versions = listing.get("versions", [listing])
-    for version in versions:
-        batching = version.get("batching") or {}
-        if "timeout_ms" in batching:
-            return batching["timeout_ms"]
-    return 10_000.0
 
 
 def section(found: dict, command: str) -> str:

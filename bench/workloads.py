@@ -90,13 +90,22 @@ def _task_bodies(task: str, manifest: BaseManifest) -> tuple[bytes, ...]:
         side = min(manifest.input.height, manifest.input.width) - 2 * margin
         noise = payloads.NOISE_SIGMA if task == "denoise" else None
         return _bodies(payloads.make_payloads(payloads.load_photos(), (side,), noise), "image/png")
+    return photo_jpegs()
+
+
+def photo_jpegs() -> tuple[bytes, ...]:
+    """The bundled photos as JPEGs of PHOTO_SIZE: what the classify workloads send."""
     return _bodies(payloads.make_payloads(payloads.load_photos(), (PHOTO_SIZE,)), "image/jpeg")
 
 
+def model_listing(base_url: str, name: str) -> dict:
+    """GET /v1/models/{name}: the model's versions, their batching and its endpoints."""
+    return httpx.get(f"{base_url}/v1/models/{name}", timeout=30).raise_for_status().json()
+
+
 def task_path(base_url: str, name: str) -> str:
-    """The path of model ``name``'s task route, as the server lists it (GET /v1/models/{name})."""
-    listing = httpx.get(f"{base_url}/v1/models/{name}", timeout=30).raise_for_status().json()
-    return listing["endpoints"]["task"]
+    """The path of model ``name``'s task route, as the server lists it."""
+    return model_listing(base_url, name)["endpoints"]["task"]
 
 
 def _bodies(photos: list[payloads.Payload], content_type: str) -> tuple[bytes, ...]:
