@@ -453,10 +453,10 @@ def publish_tensor_model(repository: Path, name: str = "pair", **batching) -> Pa
     return export.publish(build_tensor_model(), manifest, repository, name)
 
 
-async def serving(runtime, work):
+async def serving(runtime, work, threads: int = 2):
     """Run ``work(runtime)`` while a runtime built outside a server serves, on a pool of its
-    own with an unbounded pixel budget."""
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    own (``threads`` wide) with an unbounded pixel budget."""
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         runtime.start(Admission(pool, PixelBudget(10**12)))
         try:
             return await work(runtime)
@@ -465,19 +465,22 @@ async def serving(runtime, work):
 
 
 @contextlib.contextmanager
-def live_server(settings: Settings):
-    """A real uvicorn server on 127.0.0.1, in a thread; yields its base URL once ready
-    (for clients that need a socket: tritonclient, a browser)."""
+def live_server(settings: Settings, ready: bool = True, **uvicorn_options):
+    """A real uvicorn server on 127.0.0.1, in a thread; yields its base URL once started
+    and, with ``ready``, once /readyz says so (for clients that need a socket:
+    tritonclient, a browser, raw sockets)."""
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=free_port(), log_config=None
-    )
+        create_app(settings), host="127.0.0.1", port=free_port(), log_config=None,
+        **uvicorn_options,
+    )  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{config.port}"
     try:
         wait_until(lambda: server.started, timeout_s=60)
-        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200)
+        if ready:
+            wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200)
         yield url
     finally:
         server.should_exit = True

@@ -12,16 +12,12 @@ import json
 import re
 import select
 import socket
-import threading
 import time
 
 import pytest
-import uvicorn
 
-from bench.server import free_port
-from service.app import create_app
 from service.connections import KerveHttpToolsProtocol
-from tests.helpers import make_settings, metric_total, wait_until
+from tests.helpers import live_server, make_settings, metric_total, wait_until
 
 DEADLINE_S = 1.0  # header and body deadlines
 MAX_HEADER_BYTES = 8192
@@ -34,23 +30,10 @@ def serving(tmp_path, **overrides):
     """The Kerve app (no models) on uvicorn with Kerve's protocol; yields the port."""
     settings = make_settings(tmp_path / "models", poll_interval_s=0, **overrides)
     (tmp_path / "models").mkdir(exist_ok=True)
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=free_port(),
-        log_config=None,
-        loop="uvloop",
-        http=functools.partial(KerveHttpToolsProtocol, settings=settings),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, timeout_s=60)
-        yield config.port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    protocol = functools.partial(KerveHttpToolsProtocol, settings=settings)
+    # Not waiting on /readyz: no connection of the test's own before the first one counted.
+    with live_server(settings, ready=False, loop="uvloop", http=protocol) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import skimage.data
 from PIL import Image
 
 from service import imaging
-from service.admission import Admission, PixelBudget
 from service.batching import BatchConfig
 from service.errors import PayloadTooLarge
 from service.metrics import Metrics
@@ -34,6 +33,7 @@ from tests.helpers import (
     post_for_image,
     publish_colour_classifier,
     publish_denoiser,
+    serving,
     start_client,
     until_requests_share_a_call,
     wait_ready,
@@ -287,20 +287,15 @@ def test_memory_stays_within_the_bound_for_a_4000x3000_photo(noisy_photo):
     )  # fmt: skip
     runtime.warm_up()
 
-    async def serve():
-        runtime.start(Admission(pool, PixelBudget(10**9)))
-        try:
-            return await runtime.infer(DenoiseRequest(image=noisy_photo))
-        finally:
-            await runtime.stop()
+    async def work(runtime):
+        return await runtime.infer(DenoiseRequest(image=noisy_photo))
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        tracemalloc.start()
-        try:
-            found = asyncio.run(serve())
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+    tracemalloc.start()
+    try:
+        found = asyncio.run(serving(runtime, work, threads=1))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     decoded_bytes = PHOTO_SIZE[0] * PHOTO_SIZE[1] * 3
     assert found.tiles == tiles_for(*PHOTO_SIZE, centre=BIG_TILE - 2 * BIG_MARGIN) == 1344
     assert peak <= MEMORY_BOUND * decoded_bytes, f"peak {peak / decoded_bytes:.2f}x the image"
