@@ -129,10 +129,16 @@ async def send_error(scope, send, error: ServiceError) -> None:
     """An error answered by the middleware itself, in the error shape of the route it was
     sent to, closing the connection (its body may be unread)."""
     document = error_body(error.code, error.message, _speaks_a_protocol(scope["path"]))
-    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    body = json.dumps(document).encode()
+    # A length, as the app's own answers have: without one uvicorn sends it chunked.
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"connection", b"close"),
+    ]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": json.dumps(document).encode()})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _new_id() -> str:

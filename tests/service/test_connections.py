@@ -222,8 +222,11 @@ def test_connections_over_the_cap_get_a_json_503_and_the_probes_still_answer(tmp
             assert connection.response()[0] == 200
         extra = Connection(port)
         extra.send(get("/v1/models"))
-        headers = assert_error(extra.response(), 503, "overloaded")
+        answer = extra.response()
+        headers = assert_error(answer, 503, "overloaded")
         assert headers["retry-after"] == "3"
+        # A length, not chunks: bench.robustness's load generator reads lengths only.
+        assert int(headers["content-length"]) == len(answer[2])
         assert extra.closed_by_server()
         probe = Connection(port)  # over the cap too, and kept open
         for path in ("/healthz", "/metrics"):
